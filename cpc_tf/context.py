@@ -57,23 +57,34 @@ class PixelCNN(layers.Layer):
         for index in range(self.num_blocks):
             block = [
                 layers.Conv2D(
-                    self.hidden_dim, 1, dtype=self.dtype_policy,
+                    self.hidden_dim,
+                    1,
+                    dtype=self.dtype_policy,
                     name=f"block{index}_in",
                 ),
                 layers.Conv2D(
-                    self.hidden_dim, (1, 3), padding="same",
-                    dtype=self.dtype_policy, name=f"block{index}_row",
+                    self.hidden_dim,
+                    (1, 3),
+                    padding="same",
+                    dtype=self.dtype_policy,
+                    name=f"block{index}_row",
                 ),
                 layers.ZeroPadding2D(
-                    ((1, 0), (0, 0)), dtype=self.dtype_policy,
+                    ((1, 0), (0, 0)),
+                    dtype=self.dtype_policy,
                     name=f"block{index}_pad_top",
                 ),
                 layers.Conv2D(
-                    self.hidden_dim, (2, 1), padding="valid",
-                    dtype=self.dtype_policy, name=f"block{index}_column",
+                    self.hidden_dim,
+                    (2, 1),
+                    padding="valid",
+                    dtype=self.dtype_policy,
+                    name=f"block{index}_column",
                 ),
                 layers.Conv2D(
-                    depth, 1, dtype=self.dtype_policy,
+                    depth,
+                    1,
+                    dtype=self.dtype_policy,
                     name=f"block{index}_out",
                 ),
             ]

@@ -240,8 +240,7 @@ def resnet_v2(
     """
     if norm not in NORMALIZATIONS:
         raise ValueError(
-            f"Unknown normalization {norm!r}; expected one of "
-            f"{NORMALIZATIONS}."
+            f"Unknown normalization {norm!r}; expected one of {NORMALIZATIONS}."
         )
     spec = resnet_spec(depth, **spec_overrides)
     inputs = keras.Input(shape=input_shape, name="images")
@@ -273,9 +272,7 @@ def resnet_v2(
                 dtype,
             )
     x = _preact(x, norm, "post", dtype)
-    return keras.Model(
-        inputs, x, name=name or f"resnet_v2_{depth or 'custom'}"
-    )
+    return keras.Model(inputs, x, name=name or f"resnet_v2_{depth or 'custom'}")
 
 
 @keras.saving.register_keras_serializable(package="cpc_tf")
@@ -316,9 +313,7 @@ class PatchEncoder(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config["backbone"] = keras.saving.serialize_keras_object(
-            self.backbone
-        )
+        config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
         return config
 
     @classmethod

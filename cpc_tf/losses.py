@@ -6,10 +6,6 @@ column and image (the positive) against every target of the batch (all
 are the negatives). Logits are always computed in float32, so bfloat16
 inputs give a float32 loss that is as stable as a float32 run.
 
-When the negatives are gathered across replicas (`negatives=global`), pass the
-gathered targets as `target_bank` and this replica's position in it as
-`bank_offset`: the positives are then looked up at `bank_offset + index`.
-
 The `[N, B * H * W]` logits grow quadratically with the batch; `chunk_size`
 splits the prediction rows into chunks of that many rows (same value and
 gradients), so no single logits matrix is larger than `chunk_size` rows.
@@ -46,23 +42,13 @@ def _logits(preds_flat, targets_flat):
     )
 
 
-def info_nce_terms(
-    preds,
-    targets,
-    offset,
-    target_bank=None,
-    bank_offset=0,
-    chunk_size=None,
-):
+def info_nce_terms(preds, targets, offset, chunk_size=None):
     """Loss and top-1 accuracy of the positive, both float32 scalars.
 
     Args:
         preds: `[B, H, W, D]` predictions for offset `offset`.
         targets: `[B, H, W, D]` targets of this replica.
         offset: rows ahead that row `r` predicts (`i + 1` in the appendix).
-        target_bank: optional `[N, D]` targets to score against (e.g. all
-            replicas' targets); defaults to this replica's targets.
-        bank_offset: index of this replica's first target in `target_bank`.
         chunk_size: optional number of prediction rows per chunk.
 
     Returns:
@@ -76,9 +62,8 @@ def info_nce_terms(
             f"{height}, got {offset}."
         )
     preds_flat = _flatten_predictions(preds, offset)
-    if target_bank is None:
-        target_bank = ops.reshape(targets, (-1, depth))
-    labels = positive_indices(batch, height, width, offset) + bank_offset
+    target_bank = ops.reshape(targets, (-1, depth))
+    labels = positive_indices(batch, height, width, offset)
     num_rows = ops.shape(preds_flat)[0]
     if chunk_size is None:
         starts, chunk_size = [0], None

@@ -140,12 +140,12 @@ class CPC(keras.Model):
             self.predictors[index * per_head : (index + 1) * per_head],
         )
 
-    def cpc_terms(self, latents, gather_targets=None):
+    def cpc_terms(self, latents, gather=None):
         """Per-direction loss and accuracy from `[B, gh, gw, D]` latents.
 
-        `gather_targets`, if given, maps this replica's flat targets
-        `[N, target_dim]` to `(bank, offset)`: the targets of all replicas
-        and the index of this replica's first one (global negatives).
+        `gather`, if given, maps this replica's `[B, ...]` predictions and
+        targets to the whole global batch's (`distribute.gather_batch`):
+        every replica's targets become negatives (`--negatives=global`).
         """
         terms = {}
         for direction in self.directions:
@@ -153,22 +153,16 @@ class CPC(keras.Model):
             grid = rotate_to_down(latents, direction)
             context = context_net(grid)
             targets = target_net(grid)
-            bank, bank_offset = None, 0
-            if gather_targets is not None:
-                bank, bank_offset = gather_targets(
-                    ops.reshape(targets, (-1, self.target_dim))
-                )
+            if gather is not None:
+                targets = gather(targets)
             loss = ops.zeros((), "float32")
             accuracy = ops.zeros((), "float32")
             for offset, predictor in zip(self.offsets, predictors):
                 preds = predictor(context) * self.emb_scale
+                if gather is not None:
+                    preds = gather(preds)
                 term_loss, term_accuracy = losses.info_nce_terms(
-                    preds,
-                    targets,
-                    offset,
-                    target_bank=bank,
-                    bank_offset=bank_offset,
-                    chunk_size=self.loss_chunk_size,
+                    preds, targets, offset, chunk_size=self.loss_chunk_size
                 )
                 loss += term_loss
                 accuracy += term_accuracy

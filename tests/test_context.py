@@ -29,7 +29,8 @@ def pixel_cnn_reference(latents, weights, num_blocks):
             8 * block : 8 * block + 8
         ]
         c = relu(conv2d_valid(cres, k_in, b_in))
-        c = conv2d_valid(np.pad(c, [(0, 0), (0, 0), (1, 1), (0, 0)]), k_row, b_row)
+        same = np.pad(c, [(0, 0), (0, 0), (1, 1), (0, 0)])
+        c = conv2d_valid(same, k_row, b_row)
         c = np.pad(c, [(0, 0), (1, 0), (0, 0), (0, 0)])
         c = relu(conv2d_valid(c, k_col, b_col))
         cres = cres + conv2d_valid(c, k_out, b_out)

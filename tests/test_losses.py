@@ -85,23 +85,6 @@ def test_chunked_equals_unchunked_value_and_gradient():
             np.testing.assert_allclose(grad, reference, rtol=1e-5, atol=1e-7)
 
 
-def test_target_bank_offsets_the_positive():
-    rng = np.random.default_rng(3)
-    preds = rng.normal(size=(2, 4, 4, 8)).astype("float32")
-    targets = rng.normal(size=(2, 4, 4, 8)).astype("float32")
-    other = rng.normal(size=(32, 8)).astype("float32")
-    bank = np.concatenate([other, targets.reshape(-1, 8)])
-    loss, _ = losses.info_nce_terms(
-        preds, targets, 1, target_bank=bank, bank_offset=32
-    )
-    logits = preds[:, :-1].reshape(-1, 8).astype(np.float64) @ bank.T
-    labels = 32 + np.asarray(losses.positive_indices(2, 4, 4, 1))
-    logits -= logits.max(axis=1, keepdims=True)
-    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    expected = -log_probs[np.arange(len(labels)), labels].mean()
-    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-
-
 def test_offset_out_of_range():
     x = np.zeros((1, 3, 3, 4), "float32")
     with pytest.raises(ValueError, match="offset"):

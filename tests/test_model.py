@@ -86,9 +86,7 @@ def test_keras_round_trip(tmp_path):
     expected, got = model(x), loaded(x)
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-6)
-    np.testing.assert_allclose(
-        loaded.encoder(x), model.encoder(x), rtol=1e-6
-    )
+    np.testing.assert_allclose(loaded.encoder(x), model.encoder(x), rtol=1e-6)
 
 
 def test_mixed_bfloat16():

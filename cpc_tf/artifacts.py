@@ -1,0 +1,50 @@
+"""What a run leaves in its model directory, and how to read it back.
+
+    model_dir/
+      config.json      the resolved configuration (`config.PretrainConfig`)
+      checkpoints/     `tf.train.CheckpointManager` checkpoints
+      logs/            TensorBoard summaries
+      encoder.keras    patch grids `[B, gh, gw, ph, pw, 3]` -> `[B, gh, gw, D]`
+      backbone.keras   images `[B, h, w, 3]` -> feature grid `[B, h', w', D]`
+      summary.json     steps, losses, accuracy, throughput, skipped images
+
+The `.keras` files hold the Polyak-averaged weights unless the run was
+told otherwise (`--use_ema=false`). Images enter every model as float32 in
+[-1, 1].
+"""
+
+import json
+import os
+
+import keras
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+ENCODER_FILE = "encoder.keras"
+BACKBONE_FILE = "backbone.keras"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+
+
+def save_encoder(model_dir, encoder, grid_shape):
+    """Writes `encoder.keras` and `backbone.keras` for a `PatchEncoder`.
+
+    Args:
+        model_dir: destination directory.
+        encoder: a built `encoders.PatchEncoder`.
+        grid_shape: `(gh, gw, ph, pw, C)` of its inputs.
+    """
+    inputs = keras.Input(tuple(grid_shape), name="patches")
+    wrapped = keras.Model(inputs, encoder(inputs), name="cpc_encoder")
+    wrapped.save(os.path.join(model_dir, ENCODER_FILE))
+    encoder.backbone.save(os.path.join(model_dir, BACKBONE_FILE))
+
+
+def write_json(path, values):
+    with open(path, "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,359 @@
+"""Frozen, validated configuration dataclasses.
+
+Every field is one command-line flag of the same name (`cpc_tf.flags`
+defines them from these classes, with each field's `help`); the defaults
+are the paper's values. Validation happens on construction, before any
+compute, and every message names the flag.
+"""
+
+import dataclasses
+import json
+
+from cpc_tf.context import DIRECTIONS
+from cpc_tf.encoders import NORMALIZATIONS, RESNET_V2_SPECS
+
+LABEL_FRACTIONS = (1, 2, 5, 10, 20, 50, 100)
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+def _field(default, help_text, **kwargs):
+    return dataclasses.field(
+        default=default, metadata={"help": help_text, **kwargs}
+    )
+
+
+def _fail(flag, message):
+    raise ValueError(f"--{flag}: {message}")
+
+
+def _check_probability(config, name):
+    value = getattr(config, name)
+    if not 0.0 <= value <= 1.0:
+        _fail(name, f"a probability must be in [0, 1], got {value}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Data sources, patch geometry and augmentation (appendix A)."""
+
+    train_data: str = _field(
+        "mnist5k:train",
+        "Training source: mnist5k:SPLIT, tfds:NAME[/CONFIG]:SPLIT, "
+        "folder:DIR or tfrecord:GLOB.",
+    )
+    eval_data: str = _field("mnist5k:test", "Evaluation source (same forms).")
+    data_dir: str = _field("", "TFDS data directory ('' = TFDS default).")
+    image_size: int = _field(300, "Images are first resized to this square.")
+    crop_size: int = _field(260, "Random (train) / center (eval) crop size.")
+    patch_size: int = _field(80, "Side of each square patch.")
+    patch_stride: int = _field(36, "Stride between patches.")
+    label_fraction: float = _field(
+        100.0, "Percent of labels used by evaluation (1, 2, 5, ... 100)."
+    )
+    holdout: float = _field(
+        0.0,
+        "Validation examples held out of the training split: a count (>= 1) "
+        "or a fraction (< 1). 0 = none.",
+    )
+    subset_dir: str = _field(
+        "", "Where label subsets are written/read ('' = model_dir)."
+    )
+    shuffle_buffer: int = _field(10000, "Shuffle buffer (examples).")
+    randaugment: bool = _field(
+        True, "Step 1: two AutoAugment/RandAugment ops per patch."
+    )
+    randaugment_num_ops: int = _field(2, "Step 1: ops drawn per patch.")
+    randaugment_magnitude: float = _field(
+        0.5, "Step 1: op magnitude in [0, 1]."
+    )
+    elastic_shear_prob: float = _field(
+        0.2, "Step 2: probability of elastic deformation + shear."
+    )
+    color_histogram_prob: float = _field(
+        0.2, "Step 2: probability of colour-histogram augmentation."
+    )
+    color_jitter_prob: float = _field(
+        0.8, "Step 3: probability of Inception colour augmentation."
+    )
+    grayscale_prob: float = _field(0.25, "Step 4: probability of greyscale.")
+
+    def __post_init__(self):
+        for name in ("image_size", "crop_size", "patch_size", "patch_stride"):
+            if getattr(self, name) < 1:
+                _fail(name, f"must be >= 1, got {getattr(self, name)}.")
+        if self.crop_size > self.image_size:
+            _fail(
+                "crop_size",
+                f"{self.crop_size} is larger than --image_size "
+                f"{self.image_size}.",
+            )
+        span = self.crop_size - self.patch_size
+        if span < 0 or span % self.patch_stride:
+            _fail(
+                "patch_stride",
+                f"patches of {self.patch_size} at stride {self.patch_stride} "
+                f"do not tile a {self.crop_size} crop exactly "
+                "((crop_size - patch_size) must be a non-negative multiple "
+                "of patch_stride).",
+            )
+        if self.label_fraction not in LABEL_FRACTIONS:
+            _fail(
+                "label_fraction",
+                f"expected one of {LABEL_FRACTIONS}, got "
+                f"{self.label_fraction}.",
+            )
+        if self.holdout < 0:
+            _fail("holdout", f"must be >= 0, got {self.holdout}.")
+        for name in (
+            "elastic_shear_prob",
+            "color_histogram_prob",
+            "color_jitter_prob",
+            "grayscale_prob",
+            "randaugment_magnitude",
+        ):
+            _check_probability(self, name)
+
+    @property
+    def grid_size(self):
+        """Patches per side of the grid."""
+        return (self.crop_size - self.patch_size) // self.patch_stride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and CPC head (appendix A, section 4 of the paper)."""
+
+    encoder_depth: int = _field(
+        161,
+        "ResNet-v2 depth (50, 101, 152, 200, 161); 0 = the small custom "
+        "encoder given by --encoder_blocks/--encoder_widths/...",
+    )
+    encoder_blocks: tuple = _field((1, 1), "Custom encoder: blocks per stack.")
+    encoder_widths: tuple = _field(
+        (16, 32), "Custom encoder: bottleneck width per stack."
+    )
+    encoder_output_widths: tuple = _field(
+        (64, 128), "Custom encoder: output width per stack."
+    )
+    stem_width: int = _field(64, "Stem convolution channels.")
+    stem_kernel: int = _field(7, "Stem kernel (7 ImageNet, 3 tiny images).")
+    stem_stride: int = _field(2, "Stem stride.")
+    stem_pool: bool = _field(True, "3x3/2 max pool after the stem.")
+    norm: str = _field(
+        "layer", "Encoder normalization: " + "|".join(NORMALIZATIONS)
+    )
+    directions: tuple = _field(
+        DIRECTIONS, "Prediction directions (v2: down,up,left,right)."
+    )
+    steps_to_ignore: int = _field(2, "Offsets 1..steps_to_ignore skipped.")
+    steps_to_predict: int = _field(3, "Largest offset predicted.")
+    target_dim: int = _field(64, "Target / prediction width.")
+    emb_scale: float = _field(0.1, "Prediction scale.")
+    share_context: bool = _field(
+        False, "One context network and predictors for all directions."
+    )
+    context_blocks: int = _field(5, "PixelCNN residual blocks.")
+    context_hidden: int = _field(256, "PixelCNN hidden width.")
+    loss_chunk_size: int = _field(
+        0, "Prediction rows per InfoNCE logits chunk (0 = one chunk)."
+    )
+
+    def __post_init__(self):
+        if self.encoder_depth and self.encoder_depth not in RESNET_V2_SPECS:
+            _fail(
+                "encoder_depth",
+                f"expected 0 or one of {sorted(RESNET_V2_SPECS)}, got "
+                f"{self.encoder_depth}.",
+            )
+        if self.norm not in NORMALIZATIONS:
+            _fail("norm", f"expected one of {NORMALIZATIONS}, got {self.norm}.")
+        unknown = [d for d in self.directions if d not in DIRECTIONS]
+        if unknown or not self.directions:
+            _fail(
+                "directions",
+                f"unknown {unknown or 'empty list'}; expected some of "
+                f"{DIRECTIONS}.",
+            )
+        if not 0 <= self.steps_to_ignore < self.steps_to_predict:
+            _fail(
+                "steps_to_predict",
+                "need 0 <= --steps_to_ignore < --steps_to_predict, got "
+                f"{self.steps_to_ignore} and {self.steps_to_predict}.",
+            )
+        if not self.encoder_depth:
+            lengths = {
+                len(self.encoder_blocks),
+                len(self.encoder_widths),
+                len(self.encoder_output_widths),
+            }
+            if len(lengths) != 1:
+                _fail(
+                    "encoder_blocks",
+                    "--encoder_blocks, --encoder_widths and "
+                    "--encoder_output_widths need one entry per stack.",
+                )
+
+    def backbone_kwargs(self):
+        """Keyword arguments of `encoders.resnet_v2` for this config."""
+        kwargs = dict(
+            norm=self.norm,
+            stem_width=self.stem_width,
+            stem_kernel=self.stem_kernel,
+            stem_stride=self.stem_stride,
+            stem_pool=self.stem_pool,
+        )
+        if self.encoder_depth:
+            return dict(depth=self.encoder_depth, **kwargs)
+        return dict(
+            depth=None,
+            blocks=tuple(int(v) for v in self.encoder_blocks),
+            widths=tuple(int(v) for v in self.encoder_widths),
+            output_widths=tuple(int(v) for v in self.encoder_output_widths),
+            **kwargs,
+        )
+
+    def cpc_kwargs(self):
+        """Keyword arguments of `model.CPC` for this config."""
+        return dict(
+            directions=tuple(self.directions),
+            steps_to_ignore=self.steps_to_ignore,
+            steps_to_predict=self.steps_to_predict,
+            target_dim=self.target_dim,
+            emb_scale=self.emb_scale,
+            share_context=self.share_context,
+            context_blocks=self.context_blocks,
+            context_hidden=self.context_hidden,
+            loss_chunk_size=self.loss_chunk_size or None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation (appendix A: Adam 4e-4, beta1 0.8, clip 0.01, EMA)."""
+
+    optimizer: str = _field("adam", "adam | sgd.")
+    learning_rate: float = _field(4e-4, "Peak learning rate.")
+    beta1: float = _field(0.8, "Adam beta1 (SGD: momentum).")
+    beta2: float = _field(0.999, "Adam beta2.")
+    epsilon: float = _field(1e-8, "Adam epsilon.")
+    weight_decay: float = _field(0.0, "Decoupled weight decay (0 = none).")
+    clip_global_norm: float = _field(
+        0.01, "Clip the aggregated gradient to this global norm (0 = off)."
+    )
+    lr_schedule: str = _field("constant", "constant | cosine.")
+    warmup_steps: int = _field(0, "Linear warm-up steps.")
+    ema_decay: float = _field(
+        0.9999, "Polyak averaging decay (warm-up min(d, (1+n)/(10+n)))."
+    )
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "sgd"):
+            _fail("optimizer", f"expected adam or sgd, got {self.optimizer}.")
+        if self.learning_rate <= 0:
+            _fail("learning_rate", f"must be > 0, got {self.learning_rate}.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            _fail(
+                "lr_schedule",
+                f"expected constant or cosine, got {self.lr_schedule}.",
+            )
+        if self.clip_global_norm < 0:
+            _fail("clip_global_norm", "must be >= 0.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            _fail("ema_decay", f"must be in [0, 1), got {self.ema_decay}.")
+        if self.warmup_steps < 0:
+            _fail("warmup_steps", "must be >= 0.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where, how long and on what the job runs."""
+
+    model_dir: str = _field("runs/cpc", "Checkpoints, logs and results.")
+    batch_size: int = _field(512, "Global batch size (all replicas).")
+    steps: int = _field(
+        0, "Training steps; 0 = --epochs over the training data."
+    )
+    epochs: float = _field(200.0, "Epochs, when --steps is 0.")
+    strategy: str = _field("default", "|".join(STRATEGIES))
+    tpu: str = _field("", "TPU address, for --strategy=tpu.")
+    negatives: str = _field(
+        "local", "InfoNCE negatives: local (replica batch) | global."
+    )
+    mixed_precision: bool = _field(False, "mixed_bfloat16 compute.")
+    jit_compile: bool = _field(False, "XLA-compile the train step.")
+    checkpoint_every: int = _field(1000, "Steps between checkpoints.")
+    keep_checkpoints: int = _field(3, "Checkpoints kept.")
+    log_every: int = _field(100, "Steps between TensorBoard summaries.")
+    use_ema: bool = _field(
+        True, "Evaluate and export the Polyak-averaged weights."
+    )
+    seed: int = _field(0, "Seed for initialisation, data order, augmentation.")
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            _fail("batch_size", f"must be >= 1, got {self.batch_size}.")
+        if self.strategy not in STRATEGIES:
+            _fail(
+                "strategy",
+                f"expected one of {STRATEGIES}, got {self.strategy}.",
+            )
+        if self.strategy == "tpu" and not self.tpu:
+            _fail("tpu", "--strategy=tpu needs --tpu (a TPU name or address).")
+        if self.negatives not in ("local", "global"):
+            _fail(
+                "negatives",
+                f"expected local or global, got {self.negatives}.",
+            )
+        if self.steps < 0 or (self.steps == 0 and self.epochs <= 0):
+            _fail("steps", "set --steps > 0 or --epochs > 0.")
+        for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                _fail(name, f"must be >= 1, got {getattr(self, name)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Everything `cpc_tf.pretrain` needs."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        grid = self.data.grid_size
+        if self.model.steps_to_predict >= grid:
+            _fail(
+                "steps_to_predict",
+                f"{self.model.steps_to_predict} needs a patch grid larger "
+                f"than that, but --crop_size {self.data.crop_size}, "
+                f"--patch_size {self.data.patch_size}, --patch_stride "
+                f"{self.data.patch_stride} give a {grid}x{grid} grid.",
+            )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+
+def from_dict(cls, values):
+    """Builds dataclass `cls` from a (possibly nested) dict, e.g. JSON."""
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        if dataclasses.is_dataclass(field.type):
+            value = from_dict(field.type, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[field.name] = value
+    return cls(**kwargs)
+
+
+def read_json(cls, path):
+    with open(path) as f:
+        return from_dict(cls, json.load(f))

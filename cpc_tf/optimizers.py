@@ -1,0 +1,33 @@
+"""Optimizers and learning-rate schedules from `config.OptimConfig`."""
+
+import keras
+
+
+def make_optimizer(optim, total_steps):
+    """Adam (appendix A) or SGD with the configured schedule.
+
+    No clipping is set on the optimizer: the trainer clips the aggregated
+    gradient (see `distribute.aggregate_and_clip`).
+    """
+    learning_rate = optim.learning_rate
+    if optim.lr_schedule == "cosine" or optim.warmup_steps:
+        warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else optim.learning_rate,
+            decay_steps=max(total_steps - warmup, 1),
+            alpha=0.0 if optim.lr_schedule == "cosine" else 1.0,
+            warmup_target=optim.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    weight_decay = optim.weight_decay or None
+    if optim.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate, momentum=optim.beta1, weight_decay=weight_decay
+        )
+    return keras.optimizers.Adam(
+        learning_rate,
+        beta_1=optim.beta1,
+        beta_2=optim.beta2,
+        epsilon=optim.epsilon,
+        weight_decay=weight_decay,
+    )
