@@ -1,3 +1,13 @@
 """cpc_tf: CPC v2 (Henaff et al., 2020) in Keras 3 / TensorFlow."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy, so that `import cpc_tf.losses` does not import TensorFlow and
+    # `python -m cpc_tf.export` does not import its own module twice.
+    if name == "load_encoder":
+        from cpc_tf.export import load_encoder
+
+        return load_encoder
+    raise AttributeError(f"module 'cpc_tf' has no attribute {name!r}")

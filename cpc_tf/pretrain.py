@@ -143,11 +143,11 @@ def _log_sample_patches(config, writer):
 def run(config, verbose=True):
     """Pretrains CPC as `config` says; returns the summary dict."""
     run_config = config.run
-    os.makedirs(run_config.model_dir, exist_ok=True)
     _, info = sources.load_source(
         config.data.train_data, data_dir=config.data.data_dir or None
     )
     steps = total_steps(run_config, info.num_examples)
+    os.makedirs(run_config.model_dir, exist_ok=True)
     strategy = distribute.make_strategy(run_config.strategy, run_config.tpu)
     distribute.check_batch_size(strategy, run_config.batch_size)
     config.to_json(os.path.join(run_config.model_dir, artifacts.CONFIG_FILE))
@@ -181,6 +181,8 @@ def run(config, verbose=True):
         dataset_fn = _dataset_fn(config, lambda: int(loop.step.numpy()))
         wall_start = time.perf_counter()
         result = loop.fit(dataset_fn)
+        if result["stopped_early"]:
+            return dict(result, preempted=True)
         grid = config.data.grid_size
         patch = config.data.patch_size
         if loop.is_chief():
@@ -216,7 +218,16 @@ def main(argv):
     from cpc_tf import flags as cpc_flags
 
     config = cpc_flags.config_from_flags(PretrainConfig)
-    summary = run(config)
+    try:
+        summary = run(config)
+    except sources.SourceError as error:
+        raise app.UsageError(str(error)) from error
+    if summary.get("preempted"):
+        print(
+            f"preempted: checkpoint saved at step {summary['steps']}; run "
+            "the same command to resume."
+        )
+        return
     logging.info("Pretraining done: %s", summary)
     print(
         f"steps {summary['steps']}  loss {summary['first_loss']} -> "

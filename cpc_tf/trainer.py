@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 
 import keras
@@ -273,7 +274,10 @@ class Trainer:
         progress = None
         if options.verbose:
             progress = keras.utils.Progbar(
-                options.steps, stateful_metrics=["loss", "grad_norm"]
+                options.steps,
+                stateful_metrics=["loss", "grad_norm"],
+                # A log file gets a line every 30 s, a terminal a live bar.
+                interval=0.05 if sys.stdout.isatty() else 30.0,
             )
             progress.update(start_step)
         first_loss = last_loss = None
