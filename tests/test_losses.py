@@ -85,6 +85,29 @@ def test_chunked_equals_unchunked_value_and_gradient():
             np.testing.assert_allclose(grad, reference, rtol=1e-5, atol=1e-7)
 
 
+def test_chunked_in_a_compiled_step():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    preds = tf.Variable(rng.normal(size=(4, 6, 6, 8)).astype("float32"))
+    targets = tf.Variable(rng.normal(size=(4, 6, 6, 8)).astype("float32"))
+
+    @tf.function(jit_compile=False)
+    def step(chunk):
+        with tf.GradientTape() as tape:
+            loss, accuracy = losses.info_nce_terms(
+                preds, targets, 2, chunk_size=chunk
+            )
+        return loss, accuracy, tape.gradient(loss, [preds, targets])
+
+    loss, accuracy, grads = step(None)
+    chunked_loss, chunked_accuracy, chunked_grads = step(10)
+    np.testing.assert_allclose(chunked_loss, loss, rtol=1e-6)
+    np.testing.assert_allclose(chunked_accuracy, accuracy)
+    for got, expected in zip(chunked_grads, grads):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_offset_out_of_range():
     x = np.zeros((1, 3, 3, 4), "float32")
     with pytest.raises(ValueError, match="offset"):
