@@ -1,0 +1,713 @@
+"""CPC v2 augmentation (appendix A), drawn independently for every patch.
+
+Steps, each applied to every patch (or image) on its own:
+
+1. RandAugment-style: `randaugment_num_ops` (2) operations drawn uniformly,
+   with replacement, from the AutoAugment list of Cubuk et al. (2018),
+   `RANDAUGMENT_OPS`: ShearX/Y, TranslateX/Y, Rotate, AutoContrast, Invert,
+   Equalize, Solarize, Posterize, Contrast, Color, Brightness, Sharpness,
+   Cutout (SamplePairing is left out: it mixes two images). "Default
+   parameters": one magnitude M on the AutoAugment level scale [0, 10],
+   default 9 (RandAugment's N=2, M=9 for ResNet-50 on ImageNet). At M the
+   ranges are AutoAugment's maxima times M/10: shear 0.3, translate 45% of
+   the side, rotate 30 degrees, enhance factor 1 +- 0.9, posterize to
+   8 - 4M/10 bits, solarize above 1 - M/10, cutout 36% of the side. Signed
+   operations take a random sign per patch. Geometric fills are grey (0.5).
+2. With p=0.2 an elastic deformation plus shear (De Fauw et al., 2018):
+   a random 3x3 grid of control-point displacements (std 4% of the side),
+   upsampled bicubically, combined with a shear of up to 0.2 on each axis,
+   resampled bilinearly with edge replication. With p=0.2 a colour
+   histogram augmentation: every channel goes through its own random
+   monotone tone curve (4 linear pieces, slopes 0.3..1.7 before
+   normalisation), which reshapes the channel histograms and the colour
+   balance while keeping 0 -> 0 and 1 -> 1.
+3. With p=0.8 the Inception colour distortion (Szegedy et al., 2014; the
+   ranges of TF-slim's `distort_color`): brightness +-32/255, saturation
+   0.5..1.5, hue +-0.2 turns, contrast 0.5..1.5 (about the per-channel
+   mean), then clipped to [0, 1]. Saturation and hue act on the chroma
+   plane of YIQ (the formulation of TF's former `adjust_hsv_in_yiq`), not
+   through HSV: the four operations are then linear and commute, so slim's
+   random order is moot and each patch gets one affine colour map, three
+   times cheaper here than HSV round trips.
+4. With p=0.25 conversion to grey (replicated to three channels).
+
+Vectorization: every random choice (which RandAugment operations, their
+signs, each gate, each deformation, curve and colour map) is drawn per
+patch, for the whole batch at once, with stateless ops. A patch's choices
+route it with `tf.dynamic_partition` to the branch that handles it and
+`tf.dynamic_stitch` puts the results back, so each branch runs once on
+just the patches that chose it; steps 3 and 4 use per-patch colour maps
+and `tf.where`. Large batches of large patches are processed in chunks of
+about `CHUNK_PIXELS` pixels, several at a time (`tf.map_fn` over chunks,
+not patches): tensors of hundreds of MB make every elementwise pass go to
+memory, and chunks are about twice as fast on 80x80 patches. Since the
+draws are made before chunking, the output does not depend on it.
+`sample_randaugment_ops` returns the per-patch operation indices that
+`augment_patches` uses for a seed.
+
+Why not the Keras layers: `keras.layers.RandAugment` draws its operations
+once per batch; `Equalization` pools the histogram over the whole batch;
+the random layers draw from a stateful `SeedGenerator`, which a tf.data
+element seed cannot control, and `RandomElasticTransform` uses one
+distortion strength per batch; `AutoContrast` fails on an empty
+(sub-)batch. The geometric operations use `keras.ops.image.
+affine_transform` with one transform per patch.
+
+Determinism: the same `seed` (an int or an int [2] tensor) gives the same
+output, eagerly and inside `tf.data`.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+RANDAUGMENT_OPS = (
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "auto_contrast",
+    "invert",
+    "equalize",
+    "solarize",
+    "posterize",
+    "contrast",
+    "color",
+    "brightness",
+    "sharpness",
+    "cutout",
+)
+MAX_LEVEL = 10.0
+# Patches are augmented in chunks of about this many pixels (one image's
+# 36 patches of 80x80 in the paper setting; a whole batch of small
+# patches), in parallel: large tensors run out of cache (see
+# BENCHMARKS.md, "Augmentation throughput").
+CHUNK_PIXELS = 36 * 80 * 80
+CHUNK_PARALLELISM = 4
+_FILL = 0.5
+_ELASTIC_GRID = 3
+_ELASTIC_STD = 0.04
+_ELASTIC_SHEAR = 0.2
+_CURVE_PIECES = 4
+_CURVE_SLOPES = (0.3, 1.7)
+_BRIGHTNESS_DELTA = 32.0 / 255.0
+_SATURATION_RANGE = (0.5, 1.5)
+_HUE_DELTA = 0.2
+_CONTRAST_RANGE = (0.5, 1.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Switches and strengths of the four augmentation steps.
+
+    A step is off when its probability is 0 (or `randaugment=False`).
+    """
+
+    randaugment: bool = True
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: float = 9.0
+    elastic_shear_prob: float = 0.2
+    color_histogram_prob: float = 0.2
+    color_jitter_prob: float = 0.8
+    grayscale_prob: float = 0.25
+
+    def __post_init__(self):
+        for name in (
+            "elastic_shear_prob",
+            "color_histogram_prob",
+            "color_jitter_prob",
+            "grayscale_prob",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}.")
+        num_ops = self.randaugment_num_ops
+        if isinstance(num_ops, bool) or not isinstance(num_ops, int):
+            raise ValueError(
+                f"randaugment_num_ops must be an int, got {num_ops!r}."
+            )
+        if num_ops < 0:
+            raise ValueError(
+                f"randaugment_num_ops must be >= 0, got {num_ops}."
+            )
+        if not 0.0 <= self.randaugment_magnitude <= MAX_LEVEL:
+            raise ValueError(
+                f"randaugment_magnitude must be in [0, {MAX_LEVEL:g}], got "
+                f"{self.randaugment_magnitude}."
+            )
+
+
+def augment_patches(patches, config, seed):
+    """Augments every patch independently (steps 1-4).
+
+    Args:
+        patches: float [N, p, p, 3] in [0, 1].
+        config: an `AugmentConfig`.
+        seed: int or int [2] tensor (stateless seed).
+
+    Returns:
+        float32 [N, p, p, 3] in [0, 1].
+    """
+    return _augment(patches, config, seed)
+
+
+def augment_images(images, config, seed):
+    """Augments whole images (steps 1-4), each independently.
+
+    Args:
+        images: float [B, H, W, 3] in [0, 1].
+        config: an `AugmentConfig`.
+        seed: int or int [2] tensor.
+
+    Returns:
+        float32 [B, H, W, 3] in [0, 1].
+    """
+    return _augment(images, config, seed)
+
+
+def sample_randaugment_ops(num_patches, config, seed):
+    """Operation indices into `RANDAUGMENT_OPS` that `augment_patches`
+    applies for `seed`: int32 [num_patches, randaugment_num_ops]."""
+    step_seed = _step_seeds(seed)[0]
+    return _randaugment_draws(num_patches, config, step_seed)[0]
+
+
+def inception_crop(
+    image,
+    size,
+    seed,
+    area_range=(0.08, 1.0),
+    aspect_range=(3 / 4, 4 / 3),
+):
+    """Inception-style random-sized crop, resized to `size` x `size`.
+
+    Args:
+        image: uint8 [h, w, 3] (or float in [0, 1]).
+        size: output side.
+        seed: int or int [2] tensor.
+        area_range: crop area as a fraction of the image area.
+        aspect_range: crop width / height.
+
+    Returns:
+        float32 [size, size, 3] in [0, 1].
+    """
+    image = tf.convert_to_tensor(image)
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=_as_seed(seed),
+        min_object_covered=0.0,
+        aspect_ratio_range=aspect_range,
+        area_range=area_range,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, crop_size)
+    crop = tf.image.resize(to_unit_float(crop)[None], [size, size])[0]
+    crop = tf.ensure_shape(crop, [size, size, image.shape[-1]])
+    return tf.clip_by_value(crop, 0.0, 1.0)
+
+
+def to_unit_float(images):
+    """uint8 in [0, 255] -> float32 in [0, 1]; floats are cast only."""
+    images = tf.convert_to_tensor(images)
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / 255.0
+    return tf.cast(images, tf.float32)
+
+
+# -- seeds and routing --------------------------------------------------------
+
+
+def _as_seed(seed):
+    """int or int tensor ([] or [2]) -> int64 [2] stateless seed."""
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    if seed.shape.rank == 0:
+        return tf.stack([seed, tf.constant(0, tf.int64)])
+    return tf.reshape(seed, [2])
+
+
+def _step_seeds(seed):
+    """One independent seed per step: int64 [5, 2]."""
+    return tf.random.experimental.stateless_split(_as_seed(seed), 5)
+
+
+def _split2(seed):
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+
+def _dispatch(images, choice, branches, *args):
+    """Applies `branches[choice[i]]` to patch i, each branch once.
+
+    images: [N, H, W, C]; choice: int32 [N] in [0, len(branches));
+    args: per-patch tensors [N, ...] handed to the branches alongside.
+    """
+    n = len(branches)
+    positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), choice, n)
+    parts = tf.dynamic_partition(images, choice, n)
+    arg_parts = [tf.dynamic_partition(a, choice, n) for a in args]
+    outputs = [
+        branch(parts[k], *(a[k] for a in arg_parts))
+        for k, branch in enumerate(branches)
+    ]
+    out = tf.dynamic_stitch(positions, outputs)
+    return tf.ensure_shape(out, images.shape)
+
+
+def _identity(images, *_):
+    return images
+
+
+def _augment(images, config, seed):
+    images = to_unit_float(images)
+    if images.shape.rank != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"Expected images [N, H, W, 3], got shape {images.shape}."
+        )
+    draws = _draw(tf.shape(images)[0], config, seed)
+    height, width = images.shape[1:3]
+    if height is None or width is None:
+        return _apply(images, draws, config)
+    chunk = max(1, CHUNK_PIXELS // (height * width))
+    if images.shape[0] is not None and images.shape[0] <= chunk:
+        return _apply(images, draws, config)
+    return _apply_in_chunks(images, draws, config, chunk)
+
+
+def _draw(n, config, seed):
+    """Every random choice for `n` patches: {name: per-patch [n, ...]}."""
+    seeds = _step_seeds(seed)
+    draws = {}
+    if config.randaugment and config.randaugment_num_ops:
+        draws["ops"], draws["op_uniforms"] = _randaugment_draws(
+            n, config, seeds[0]
+        )
+    if config.elastic_shear_prob > 0:
+        gate, control, shear = tf.unstack(
+            tf.random.experimental.stateless_split(seeds[1], 3)
+        )
+        draws["elastic"] = _coin(n, config.elastic_shear_prob, gate)
+        draws["elastic_control"] = tf.random.stateless_normal(
+            [n, _ELASTIC_GRID, _ELASTIC_GRID, 2], control
+        )
+        draws["elastic_shear"] = tf.random.stateless_uniform(
+            [n, 2], shear, -_ELASTIC_SHEAR, _ELASTIC_SHEAR
+        )
+    if config.color_histogram_prob > 0:
+        gate, slopes = _split2(seeds[2])
+        draws["curve"] = _coin(n, config.color_histogram_prob, gate)
+        draws["curve_slopes"] = tf.random.stateless_uniform(
+            [n, 3, _CURVE_PIECES], slopes, *_CURVE_SLOPES
+        )
+    if config.color_jitter_prob > 0:
+        gate, params = _split2(seeds[3])
+        draws["jitter"] = _coin(n, config.color_jitter_prob, gate)
+        draws["jitter_params"] = tf.random.stateless_uniform([n, 4], params)
+    if config.grayscale_prob > 0:
+        draws["gray"] = _coin(n, config.grayscale_prob, seeds[4])
+    return draws
+
+
+def _coin(n, prob, seed):
+    """int32 [n]: 1 with probability `prob`."""
+    return tf.cast(tf.random.stateless_uniform([n], seed) < prob, tf.int32)
+
+
+def _apply(images, draws, config):
+    """Steps 1-4 on images [n, H, W, 3] with their draws."""
+    if "ops" in draws:
+        m = config.randaugment_magnitude / MAX_LEVEL
+        branches = [_op_branch(name, m) for name in RANDAUGMENT_OPS]
+        for slot in range(config.randaugment_num_ops):
+            images = _dispatch(
+                images,
+                draws["ops"][:, slot],
+                branches,
+                draws["op_uniforms"][:, slot],
+            )
+    if "elastic" in draws:
+        images = _dispatch(
+            images,
+            draws["elastic"],
+            (_identity, _elastic_shear),
+            draws["elastic_control"],
+            draws["elastic_shear"],
+        )
+    if "curve" in draws:
+        images = _dispatch(
+            images,
+            draws["curve"],
+            (_identity, _tone_curve),
+            draws["curve_slopes"],
+        )
+    if "jitter" in draws:
+        images = _color_jitter(images, draws["jitter"], draws["jitter_params"])
+    if "gray" in draws:
+        gate = draws["gray"][:, None, None, None] > 0
+        images = tf.where(gate, _gray3(images), images)
+    return images
+
+
+def _apply_in_chunks(images, draws, config, chunk):
+    """`_apply` on consecutive chunks of `chunk` patches (the last one
+    padded), run in parallel by `tf.map_fn`; same result as one call."""
+    n = tf.shape(images)[0]
+    pad = (chunk - n % chunk) % chunk
+
+    def split(t):
+        t = tf.pad(t, [[0, pad]] + [[0, 0]] * (t.shape.rank - 1))
+        return tf.reshape(t, [-1, chunk, *t.shape[1:]])
+
+    shape = images.shape[1:]
+    out = tf.map_fn(
+        lambda args: _apply(args[0], args[1], config),
+        (split(images), {k: split(v) for k, v in draws.items()}),
+        fn_output_signature=tf.TensorSpec([chunk, *shape], tf.float32),
+        parallel_iterations=CHUNK_PARALLELISM,
+    )
+    return tf.reshape(out, [-1, *shape])[:n]
+
+
+# -- step 1: RandAugment operations -------------------------------------------
+
+
+def _randaugment_draws(n, config, seed):
+    """(ops int32 [n, k], uniforms float32 [n, k, 3]) for k slots."""
+    op_seed, param_seed = _split2(seed)
+    k = config.randaugment_num_ops
+    ops = tf.random.stateless_uniform(
+        [n, k], op_seed, 0, len(RANDAUGMENT_OPS), dtype=tf.int32
+    )
+    uniforms = tf.random.stateless_uniform([n, k, 3], param_seed)
+    return ops, uniforms
+
+
+def _op_branch(name, m):
+    """A function (images [n, H, W, 3], uniforms [n, 3]) -> images."""
+
+    def signed(u, scale):
+        return tf.where(u[:, 0] < 0.5, -scale, scale)
+
+    def factor(u):
+        return (1.0 + signed(u, 0.9 * m))[:, None, None, None]
+
+    ops = {
+        "shear_x": lambda x, u: _affine(x, _shear(signed(u, 0.3 * m), x, 0)),
+        "shear_y": lambda x, u: _affine(x, _shear(signed(u, 0.3 * m), x, 1)),
+        "translate_x": lambda x, u: _affine(
+            x, _translate(signed(u, 0.45 * m) * _side(x, 2), 0)
+        ),
+        "translate_y": lambda x, u: _affine(
+            x, _translate(signed(u, 0.45 * m) * _side(x, 1), 1)
+        ),
+        "rotate": lambda x, u: _affine(
+            x, _rotation(signed(u, math.radians(30.0) * m), x)
+        ),
+        "auto_contrast": lambda x, u: _auto_contrast(x),
+        "invert": lambda x, u: 1.0 - x,
+        "equalize": lambda x, u: _equalize(x),
+        "solarize": lambda x, u: _solarize(x, m),
+        "posterize": lambda x, u: _posterize(x, 8 - round(4 * m)),
+        "contrast": lambda x, u: _blend(_gray_mean(x), x, factor(u)),
+        "color": lambda x, u: _blend(_gray(x), x, factor(u)),
+        "brightness": lambda x, u: _blend(0.0, x, factor(u)),
+        "sharpness": lambda x, u: _blend(_smooth(x), x, factor(u)),
+        "cutout": lambda x, u: _cutout(x, u, 0.18 * m),
+    }
+    return ops[name]
+
+
+def _side(images, axis):
+    return tf.cast(tf.shape(images)[axis], tf.float32)
+
+
+def _affine(images, transforms):
+    """images [n, H, W, C], transforms [n, 8] (output -> input pixel)."""
+    return keras.ops.image.affine_transform(
+        images,
+        transforms,
+        interpolation="bilinear",
+        fill_mode="constant",
+        fill_value=_FILL,
+    )
+
+
+def _shear(s, images, axis):
+    """Shear about the centre; axis 0 moves along x, 1 along y."""
+    zeros, ones = tf.zeros_like(s), tf.ones_like(s)
+    if axis == 0:
+        c = (_side(images, 1) - 1.0) / 2.0
+        rows = [ones, s, -s * c, zeros, ones, zeros]
+    else:
+        c = (_side(images, 2) - 1.0) / 2.0
+        rows = [ones, zeros, zeros, s, ones, -s * c]
+    return tf.stack(rows + [zeros, zeros], axis=1)
+
+
+def _translate(shift, axis):
+    zeros, ones = tf.zeros_like(shift), tf.ones_like(shift)
+    dx, dy = (shift, zeros) if axis == 0 else (zeros, shift)
+    return tf.stack([ones, zeros, dx, zeros, ones, dy, zeros, zeros], axis=1)
+
+
+def _rotation(angle, images):
+    cy = (_side(images, 1) - 1.0) / 2.0
+    cx = (_side(images, 2) - 1.0) / 2.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    zeros = tf.zeros_like(angle)
+    return tf.stack(
+        [
+            cos,
+            -sin,
+            cx - cos * cx + sin * cy,
+            sin,
+            cos,
+            cy - sin * cx - cos * cy,
+            zeros,
+            zeros,
+        ],
+        axis=1,
+    )
+
+
+def _auto_contrast(images):
+    """Stretches every channel of every image to [0, 1]."""
+    low = tf.reduce_min(images, axis=[1, 2], keepdims=True)
+    high = tf.reduce_max(images, axis=[1, 2], keepdims=True)
+    scale = tf.math.divide_no_nan(1.0, high - low)
+    return tf.where(high > low, (images - low) * scale, images)
+
+
+def _equalize(images):
+    """PIL-style histogram equalization per image and channel."""
+    shape = tf.shape(images)
+    levels = tf.cast(
+        tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255), tf.int32
+    )
+    # [n, H, W, C] -> [n, C, H*W]
+    levels = tf.reshape(
+        tf.transpose(levels, [0, 3, 1, 2]), [shape[0], shape[3], -1]
+    )
+    hist = tf.math.bincount(
+        tf.reshape(levels, [-1, shape[1] * shape[2]]),
+        minlength=256,
+        maxlength=256,
+        axis=-1,
+    )
+    hist = tf.reshape(hist, [shape[0], shape[3], 256])
+    # Count in the highest occupied bin (PIL leaves it out of the step).
+    last = 255 - tf.argmax(
+        tf.reverse(tf.cast(hist > 0, tf.int32), axis=[-1]),
+        axis=-1,
+        output_type=tf.int32,
+    )
+    last_count = tf.gather(hist, last, batch_dims=2)
+    step = (tf.reduce_sum(hist, axis=-1) - last_count) // 255
+    safe_step = tf.maximum(step, 1)[..., None]
+    lut = (tf.cumsum(hist, axis=-1, exclusive=True) + safe_step // 2) // (
+        safe_step
+    )
+    lut = tf.clip_by_value(lut, 0, 255)
+    mapped = tf.gather(lut, levels, batch_dims=2)
+    mapped = tf.where((step > 0)[..., None], mapped, levels)
+    mapped = tf.transpose(
+        tf.reshape(mapped, [shape[0], shape[3], shape[1], shape[2]]),
+        [0, 2, 3, 1],
+    )
+    return tf.cast(mapped, tf.float32) / 255.0
+
+
+def _solarize(images, m):
+    """Inverts the pixels at or above 1 - m (on the 0..256 level scale)."""
+    return tf.where(images * 255.0 >= 256.0 * (1.0 - m), 1.0 - images, images)
+
+
+def _posterize(images, bits):
+    if bits >= 8:
+        return images
+    step = 2.0 ** (8 - bits)
+    levels = tf.round(images * 255.0)
+    return tf.floor(levels / step) * step / 255.0
+
+
+def _blend(degenerate, images, factor):
+    """PIL ImageEnhance: degenerate + factor * (image - degenerate)."""
+    return tf.clip_by_value(
+        degenerate + factor * (images - degenerate), 0.0, 1.0
+    )
+
+
+def _gray(images):
+    return tf.image.rgb_to_grayscale(images)
+
+
+def _gray3(images):
+    return tf.tile(_gray(images), [1, 1, 1, 3])
+
+
+def _gray_mean(images):
+    return tf.reduce_mean(_gray(images), axis=[1, 2, 3], keepdims=True)
+
+
+def _smooth(images):
+    """PIL's SMOOTH filter inside, the original pixels on the border."""
+    # Kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (9 * mean + 4 * centre).
+    mean = tf.nn.avg_pool2d(images, 3, 1, "VALID")
+    inner = (9.0 * mean + 4.0 * images[:, 1:-1, 1:-1]) / 13.0
+    inner = tf.pad(inner, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    shape = tf.shape(images)
+    rows = tf.range(shape[1])[:, None]
+    cols = tf.range(shape[2])[None, :]
+    border = (
+        (rows == 0)
+        | (rows == shape[1] - 1)
+        | (cols == 0)
+        | (cols == shape[2] - 1)
+    )
+    return tf.where(border[None, :, :, None], images, inner)
+
+
+def _cutout(images, u, half_fraction):
+    """Grey square of half-side `half_fraction * min(H, W)` at u[:, 1:]."""
+    shape = tf.shape(images)
+    height, width = _side(images, 1), _side(images, 2)
+    half = tf.round(half_fraction * tf.minimum(height, width))
+    cy = tf.floor(u[:, 1] * height)[:, None, None]
+    cx = tf.floor(u[:, 2] * width)[:, None, None]
+    rows = tf.cast(tf.range(shape[1]), tf.float32)[None, :, None]
+    cols = tf.cast(tf.range(shape[2]), tf.float32)[None, None, :]
+    inside = (
+        (rows >= cy - half)
+        & (rows < cy + half)
+        & (cols >= cx - half)
+        & (cols < cx + half)
+    )
+    return tf.where(inside[..., None], _FILL, images)
+
+
+# -- step 2: elastic deformation + shear, colour histogram --------------------
+
+
+def _elastic_shear(images, control, shear):
+    """Elastic deformation and shear in one bilinear resampling.
+
+    control: float32 [n, g, g, 2] standard normal control-point
+    displacements (y, x); shear: float32 [n, 2] shear factors (x, y).
+    """
+    shape = tf.shape(images)
+    height, width = _side(images, 1), _side(images, 2)
+    control *= _ELASTIC_STD * tf.stack([height, width])
+    field = tf.image.resize(control, shape[1:3], method="bicubic")
+    rows = tf.cast(tf.range(shape[1]), tf.float32)[None, :, None]
+    cols = tf.cast(tf.range(shape[2]), tf.float32)[None, None, :]
+    cy, cx = (height - 1.0) / 2.0, (width - 1.0) / 2.0
+    src_y = rows + shear[:, 1, None, None] * (cols - cx) + field[..., 0]
+    src_x = cols + shear[:, 0, None, None] * (rows - cy) + field[..., 1]
+    return _sample_bilinear(images, src_y, src_x)
+
+
+def _sample_bilinear(images, y, x):
+    """images [n, H, W, C] at float coordinates y, x [n, H, W]; the edge
+    pixels extend outwards."""
+    shape = tf.shape(images)
+    y = tf.clip_by_value(y, 0.0, tf.cast(shape[1] - 1, tf.float32))
+    x = tf.clip_by_value(x, 0.0, tf.cast(shape[2] - 1, tf.float32))
+    y0, x0 = tf.floor(y), tf.floor(x)
+    wy, wx = (y - y0)[..., None], (x - x0)[..., None]
+    y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
+    y1 = tf.minimum(y0 + 1, shape[1] - 1)
+    x1 = tf.minimum(x0 + 1, shape[2] - 1)
+
+    def at(yi, xi):
+        return tf.gather_nd(images, tf.stack([yi, xi], axis=-1), batch_dims=1)
+
+    top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx
+    return top * (1.0 - wy) + bottom * wy
+
+
+def _tone_curve(images, slopes):
+    """Monotone piecewise-linear curve per image and channel.
+
+    slopes: float32 [n, 3, pieces] positive relative slopes.
+    """
+    shape = tf.shape(images)
+    pieces = _CURVE_PIECES
+    knots = tf.cumsum(slopes, axis=-1) / tf.reduce_sum(
+        slopes, axis=-1, keepdims=True
+    )
+    knots = tf.concat([tf.zeros_like(knots[..., :1]), knots], axis=-1)
+    # [n, H, W, 3] -> [n, 3, H*W]
+    values = tf.reshape(
+        tf.transpose(images, [0, 3, 1, 2]), [shape[0], shape[3], -1]
+    )
+    scaled = tf.clip_by_value(values, 0.0, 1.0) * pieces
+    piece = tf.minimum(tf.cast(tf.floor(scaled), tf.int32), pieces - 1)
+    t = scaled - tf.cast(piece, tf.float32)
+    low = tf.gather(knots, piece, batch_dims=2)
+    high = tf.gather(knots, piece + 1, batch_dims=2)
+    out = tf.reshape(
+        low + t * (high - low), [shape[0], shape[3], shape[1], shape[2]]
+    )
+    return tf.transpose(out, [0, 2, 3, 1])
+
+
+# -- step 3: Inception colour distortion --------------------------------------
+
+
+def _color_jitter(images, gate, u):
+    """Slim's colour distortion as one affine colour map per patch.
+
+    gate: int32 [n] (1 = distort); u: float32 [n, 4] uniform draws.
+    Brightness adds to luma, saturation and hue scale and rotate the YIQ
+    chroma plane, contrast scales about the per-channel mean: all linear,
+    so they commute and every patch needs one 3x3 map and one offset.
+    """
+    brightness = _BRIGHTNESS_DELTA * (2.0 * u[:, 0] - 1.0)
+    saturation = _lerp(_SATURATION_RANGE, u[:, 1])
+    hue = _HUE_DELTA * (2.0 * u[:, 2] - 1.0)
+    contrast = _lerp(_CONTRAST_RANGE, u[:, 3])
+    chroma = _chroma_maps(saturation, hue)
+    means = tf.reduce_mean(images, axis=[1, 2])
+    # out = f * C x + (1 - f) * C mean + brightness
+    matrix = contrast[:, None, None] * chroma
+    offset = (1.0 - contrast[:, None]) * tf.einsum(
+        "nij,nj->ni", chroma, means
+    ) + brightness[:, None]
+    on = gate > 0
+    matrix = tf.where(on[:, None, None], matrix, tf.eye(3))
+    offset = tf.where(on[:, None], offset, 0.0)
+    out = tf.einsum("nij,nhwj->nhwi", matrix, images)
+    return tf.clip_by_value(out + offset[:, None, None, :], 0.0, 1.0)
+
+
+def _lerp(bounds, t):
+    return bounds[0] + (bounds[1] - bounds[0]) * t
+
+
+def _chroma_maps(saturation, hue):
+    """RGB maps [n, 3, 3] that scale the YIQ chroma plane by `saturation`
+    and rotate it by `hue` turns, keeping luma."""
+    angle = 2.0 * math.pi * hue
+    cos, sin = saturation * tf.cos(angle), saturation * tf.sin(angle)
+    ones, zeros = tf.ones_like(cos), tf.zeros_like(cos)
+    yiq_map = tf.reshape(
+        tf.stack([ones, zeros, zeros, zeros, cos, -sin, zeros, sin, cos], 1),
+        [-1, 3, 3],
+    )
+    return _YIQ_TO_RGB @ yiq_map @ _RGB_TO_YIQ
+
+
+_RGB_TO_YIQ = np.array(
+    [
+        [0.299, 0.587, 0.114],
+        [0.596, -0.274, -0.322],
+        [0.211, -0.523, 0.312],
+    ],
+    np.float32,
+)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
