@@ -64,7 +64,7 @@ class DataConfig:
     )
     randaugment_num_ops: int = _field(2, "Step 1: ops drawn per patch.")
     randaugment_magnitude: float = _field(
-        0.5, "Step 1: op magnitude in [0, 1]."
+        9.0, "Step 1: op magnitude on AutoAugment's 0-10 scale (RandAugment M)."
     )
     elastic_shear_prob: float = _field(
         0.2, "Step 2: probability of elastic deformation + shear."
@@ -109,9 +109,13 @@ class DataConfig:
             "color_histogram_prob",
             "color_jitter_prob",
             "grayscale_prob",
-            "randaugment_magnitude",
         ):
             _check_probability(self, name)
+        if not 0.0 <= self.randaugment_magnitude <= 10.0:
+            _fail(
+                "randaugment_magnitude",
+                f"must be in [0, 10], got {self.randaugment_magnitude}.",
+            )
 
     @property
     def grid_size(self):

@@ -1,0 +1,191 @@
+"""The purely supervised baseline (appendix C.1).
+
+    python -m cpc_tf.supervised --flagfile=flags/supervised_demo.cfg
+
+A ResNet-v2 (`--encoder_depth` 50, 101, 152 or 200, batch normalization;
+`--encoder_depth=0` with the custom-encoder flags for a small one) with
+global average pooling, dropout and a linear classifier, trained with SGD
+(momentum `--beta1`, `--weight_decay`) on Inception random-sized crops of
+`--image_size` followed by augmentation steps 1-4 on the whole image.
+Evaluation resizes and centre-crops. The patch flags do not apply.
+
+With `--search` (needs `--holdout`), keras-tuner searches learning rate
+`--search_learning_rates`, weight decay (log-uniform in
+`--search_weight_decay`), dropout (`--search_dropout`) and per-worker
+batch (`--search_batch_sizes`) for `--search_trials` trials; each trial is
+a whole training run in `model_dir/search/trial_<id>/`, scored by
+its top-1 on the held-out examples. The best trial's classifier is then
+tested once on `--eval_data`. An interrupted search resumes. Run a label
+fraction per `model_dir`, as the paper searched per fraction.
+
+Scaling the search out: keras-tuner's distributed mode. Start the same
+command (same `model_dir` on a shared file system) in several processes
+with `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` set to one
+address; the process with `KERASTUNER_TUNER_ID=chief` serves the oracle
+and tests the best trial when the search ends, the others
+(`KERASTUNER_TUNER_ID=tuner0`, `tuner1`, ...) each run trials, each with
+its own `--strategy` (e.g. one accelerator per tuner).
+
+`model_dir` receives checkpoints, TensorBoard logs, `classifier.keras`
+(images `[B, S, S, 3]` -> logits) and `results.json`.
+"""
+
+import os
+import time
+
+import keras
+from absl import app
+
+from cpc_tf import distribute, evaluation, trainer
+from cpc_tf import flags as cpc_flags
+from cpc_tf.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from cpc_tf.optimizers import make_optimizer
+from cpc_tf.pretrain import build_backbone, total_steps
+
+# This protocol's defaults for the shared flags (appendix C.1).
+FLAG_DEFAULTS = dict(
+    encoder_depth=50,
+    norm="batch",
+    optimizer="sgd",
+    learning_rate=0.1,
+    beta1=0.9,
+    weight_decay=1e-4,
+    clip_global_norm=0.0,
+    ema_decay=0.0,
+    lr_schedule="cosine",
+    image_size=224,
+    batch_size=512,
+    epochs=90.0,
+    model_dir="runs/supervised",
+)
+
+
+def build_model(config, num_classes):
+    """`(classifier, backbone, head)` for a `SupervisedConfig`."""
+    size = config.data.image_size
+    backbone = build_backbone(config.model)
+    feature_shape = backbone.compute_output_shape((None, size, size, 3))[1:]
+    head = evaluation.classifier_head(
+        feature_shape, num_classes, dropout=config.options.dropout
+    )
+    model = evaluation.classifier(
+        backbone, head, (size, size, 3), name="supervised_classifier"
+    )
+    return model, backbone, head
+
+
+def run(config, strategy=None, test=True, verbose=True):
+    """Trains and tests the baseline (or searches, with `--search`).
+
+    Args:
+        config: a `evaluation.SupervisedConfig`.
+        strategy: a `tf.distribute` strategy (default: `--strategy`).
+        test: evaluate on `--eval_data`.
+        verbose: progress bar.
+
+    Returns:
+        The results dict (None in a distributed search's worker).
+    """
+    run_config = config.run
+    num_classes = evaluation.num_classes(config.data)
+    if strategy is None:
+        strategy = distribute.make_strategy(run_config.strategy, run_config.tpu)
+    distribute.check_batch_size(strategy, run_config.batch_size)
+    os.makedirs(run_config.model_dir, exist_ok=True)
+    if config.search.search:
+        return evaluation.search_and_test(
+            config,
+            run,
+            strategy,
+            evaluation.Inputs(config.data, patches=False),
+            verbose,
+        )
+    data = config.data
+    split = evaluation.label_split(
+        data, run_config.seed, data.subset_dir or run_config.model_dir
+    )
+    steps = total_steps(run_config, split.num_train)
+    inputs = evaluation.Inputs(
+        data, patches=False, augment=config.options.augment
+    )
+    keras.utils.set_random_seed(run_config.seed)
+    keras.mixed_precision.set_dtype_policy(
+        "mixed_bfloat16" if run_config.mixed_precision else "float32"
+    )
+    try:
+        with strategy.scope():
+            model, backbone, head = build_model(config, num_classes)
+            optimizer = make_optimizer(config.optim, steps)
+        task = evaluation.ClassifierTask(
+            model, backbone, head, optimizer, train_encoder=True
+        )
+        loop = trainer.Trainer(
+            strategy,
+            task,
+            evaluation.trainer_options(
+                config, steps, run_config.model_dir, verbose
+            ),
+        )
+        start = time.perf_counter()
+        result = loop.fit(
+            inputs.train_fn(
+                run_config.batch_size,
+                split.train_ids,
+                run_config.seed,
+                lambda: int(loop.step.numpy()),
+            )
+        )
+        summary = evaluation.train_summary(result, time.perf_counter() - start)
+        return evaluation.finish(
+            loop,
+            strategy,
+            model,
+            inputs,
+            config,
+            split,
+            summary,
+            dict(protocol="supervised", parameters=model.count_params()),
+            test=test,
+        )
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def parse_config(flag_values=cpc_flags.FLAGS):
+    """The config of parsed flags; a bad flag raises `app.UsageError`."""
+    try:
+        evaluation.set_whole_image_geometry(flag_values, "supervised")
+    except evaluation.FlagError as error:
+        raise app.UsageError(str(error)) from error
+    return cpc_flags.config_from_flags(evaluation.SupervisedConfig, flag_values)
+
+
+def main(argv):
+    del argv
+    config = parse_config()
+    try:
+        results = run(config)
+    except evaluation.FlagError as error:
+        raise app.UsageError(str(error)) from error
+    if results is not None:
+        print(evaluation.dump(results), "->", config.run.model_dir)
+
+
+def define_flags(flag_values=cpc_flags.FLAGS):
+    """Defines this entry point's flags with its defaults."""
+    cpc_flags.define_config_flags(
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        evaluation.SupervisedOptions,
+        evaluation.SearchConfig,
+        flag_values=flag_values,
+    )
+    for name, value in FLAG_DEFAULTS.items():
+        flag_values.set_default(name, value)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

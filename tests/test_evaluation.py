@@ -1,0 +1,361 @@
+"""Shared evaluation pieces: heads, task, evaluation loop, splits, search.
+
+`make_pretrained_dir` and `TINY_*` are also used by the entry points' tests.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags as absl_flags
+
+from cpc_tf import artifacts, distribute, encoders, evaluation, trainer
+from cpc_tf import flags as cpc_flags
+from cpc_tf.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    RunConfig,
+)
+from cpc_tf.data import sources
+from cpc_tf.pretrain import build_cpc_model
+
+TWO_CPUS = ["/cpu:0", "/cpu:1"]
+# A 3x3 grid of 4x4 patches from a 12x12 crop of 16x16 images.
+TINY_GEOMETRY = dict(image_size=16, crop_size=12, patch_size=4, patch_stride=4)
+TINY_ENCODER = dict(
+    encoder_depth=0,
+    encoder_blocks=(1,),
+    encoder_widths=(4,),
+    encoder_output_widths=(8,),
+    stem_width=4,
+    stem_kernel=3,
+    stem_stride=1,
+    stem_pool=False,
+)
+RESULT_KEYS = {
+    "top1",
+    "top5",
+    "test",
+    "validation",
+    "label_fraction",
+    "labelled_examples",
+    "holdout",
+    "num_classes",
+    "steps",
+    "train",
+    "checkpoint",
+    "classifier",
+    "config",
+    "protocol",
+}
+
+
+def make_pretrained_dir(path, seed=1):
+    """A pretraining model_dir with a tiny random encoder (no training)."""
+    config = PretrainConfig(
+        data=DataConfig(**TINY_GEOMETRY),
+        model=ModelConfig(
+            **TINY_ENCODER,
+            steps_to_ignore=1,
+            steps_to_predict=2,
+            context_blocks=1,
+            context_hidden=8,
+            target_dim=8,
+        ),
+        optim=OptimConfig(beta1=0.8),
+        run=RunConfig(model_dir=str(path)),
+    )
+    os.makedirs(path, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    model = build_cpc_model(config)
+    artifacts.save_encoder(str(path), model.encoder, (3, 3, 4, 4, 3))
+    config.to_json(os.path.join(path, artifacts.CONFIG_FILE))
+    return str(path)
+
+
+def tiny_run(model_dir, **overrides):
+    """A `RunConfig` for a few quiet steps."""
+    values = dict(
+        model_dir=str(model_dir),
+        batch_size=8,
+        steps=3,
+        checkpoint_every=100,
+        log_every=1,
+        seed=0,
+    )
+    return RunConfig(**dict(values, **overrides))
+
+
+def check_results(model_dir, protocol, test_examples=1000):
+    """Reads `results.json`, checks it is complete; returns it.
+
+    The default test set is the 1,000 images of `mnist5k:test`.
+    """
+    with open(os.path.join(model_dir, evaluation.RESULTS_FILE)) as f:
+        results = json.load(f)
+    assert RESULT_KEYS <= set(results)
+    assert results["protocol"] == protocol
+    assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+    assert results["test"]["examples"] == test_examples
+    assert os.path.isfile(results["classifier"])
+    assert os.path.isfile(results["checkpoint"] + ".index")
+    return results
+
+
+def weights_equal(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# -- heads ---------------------------------------------------------------------
+
+
+def test_linear_head_has_no_scale_and_averages_per_position_logits():
+    head = evaluation.linear_head((3, 3, 8), 5)
+    norm = head.get_layer("norm")
+    assert norm.gamma is None and norm.beta is not None
+    # The 1x1 convolution makes per-position logits; the mean comes after.
+    assert tuple(head.get_layer("logits").output.shape) == (None, 3, 3, 5)
+    rng = np.random.default_rng(0)
+    norm.moving_mean.assign(rng.normal(size=8))
+    norm.moving_variance.assign(rng.uniform(0.5, 2, size=8))
+    norm.beta.assign(rng.normal(size=8))
+    features = rng.normal(size=(2, 3, 3, 8)).astype("float32")
+    kernel, bias = head.get_layer("logits").get_weights()
+    normed = (features - norm.moving_mean.numpy()) / np.sqrt(
+        norm.moving_variance.numpy() + norm.epsilon
+    ) + norm.beta.numpy()
+    per_position = normed @ kernel + bias
+    np.testing.assert_allclose(
+        head(features, training=False),
+        per_position.mean(axis=(1, 2)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_classifier_head_pools_then_dropout_then_linear():
+    head = evaluation.classifier_head((5, 5, 8), 3, dropout=0.4)
+    names = [layer.name for layer in head.layers[1:]]
+    assert names == ["mean", "dropout", "logits"]
+    assert head.get_layer("dropout").rate == 0.4
+    residual = evaluation.classifier_head(
+        (5, 5, 8), 3, dropout=0.1, blocks=2, hidden=16, bottleneck=4
+    )
+    assert residual.get_layer("head_block2_add").output.shape[-1] == 16
+    assert residual.get_layer("head_block1_conv2").output.shape[-1] == 4
+    names = [layer.name for layer in residual.layers]
+    assert names[-3:] == ["mean", "dropout", "logits"]
+    assert residual(np.zeros((2, 5, 5, 8))).shape == (2, 3)
+
+
+# -- the task with the shared trainer ------------------------------------------
+
+
+def _batch_norm_encoder():
+    """A patch encoder with batch normalization (whose statistics move in
+    training mode, so a frozen encoder must run in inference mode)."""
+    kwargs = ModelConfig(**TINY_ENCODER).backbone_kwargs()
+    backbone = encoders.resnet_v2(**dict(kwargs, norm="batch"))
+    inputs = keras.Input((3, 3, 4, 4, 3))
+    return keras.Model(inputs, encoders.PatchEncoder(backbone)(inputs))
+
+
+def _patch_data(count=16, classes=3):
+    rng = np.random.default_rng(0)
+    patches = rng.uniform(-1, 1, (count, 3, 3, 4, 4, 3)).astype("float32")
+    labels = rng.integers(0, classes, count)
+    return tf.data.Dataset.from_tensor_slices((patches, labels))
+
+
+def test_frozen_encoder_stays_fixed_and_the_head_learns(tmp_path):
+    keras.utils.set_random_seed(0)
+    encoder = _batch_norm_encoder()
+    head = evaluation.linear_head(encoder.output_shape[1:], 3)
+    model = evaluation.classifier(encoder, head, (3, 3, 4, 4, 3))
+    task = evaluation.ClassifierTask(
+        model, encoder, head, keras.optimizers.Adam(0.1)
+    )
+    before = [w.copy() for w in encoder.get_weights()]  # incl. BN statistics
+    head_before = [w.numpy() for w in head.trainable_weights]
+    loop = trainer.Trainer(
+        tf.distribute.get_strategy(),
+        task,
+        trainer.TrainerOptions(str(tmp_path), steps=3, verbose=False),
+    )
+    loop.fit(lambda ctx: _patch_data().batch(8).repeat())
+    assert weights_equal(before, encoder.get_weights())
+    assert not any(
+        np.array_equal(a, b.numpy())
+        for a, b in zip(head_before, head.trainable_weights)
+    )
+    assert len(model.trainable_variables) == len(head.trainable_variables)
+
+
+def test_evaluate_counts_top1_top5_over_replicas_and_partial_batches():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(11, 7)).astype("float32")
+    logits[0] = 0.0  # a tie: class 0 wins, so label 3 is wrong at top-1
+    labels = rng.integers(0, 7, 11)
+    labels[0] = 3
+    rank = (-logits).argsort(axis=1, kind="stable")
+    expected1 = np.mean(rank[:, 0] == labels)
+    expected5 = np.mean([labels[i] in rank[i, :5] for i in range(11)])
+    for strategy in (
+        tf.distribute.get_strategy(),
+        distribute.make_strategy("mirrored", devices=TWO_CPUS),
+    ):
+        with strategy.scope():
+            inputs = keras.Input((7,))
+            model = keras.Model(inputs, keras.layers.Identity()(inputs))
+
+        def dataset_fn(ctx):
+            ds = tf.data.Dataset.from_tensor_slices((logits, labels))
+            ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+            return ds.batch(ctx.get_per_replica_batch_size(4))
+
+        metrics = evaluation.evaluate(strategy, model, dataset_fn)
+        assert metrics["examples"] == 11
+        assert metrics["top1"] == pytest.approx(expected1)
+        assert metrics["top5"] == pytest.approx(expected5)
+
+
+# -- splits, pretrained directories, flags -------------------------------------
+
+
+def test_label_split_is_balanced_disjoint_and_read_back(tmp_path):
+    data = DataConfig(label_fraction=10, holdout=500)
+    split = evaluation.label_split(data, seed=3, directory=str(tmp_path))
+    labels = sources.source_labels("mnist5k:train")
+    # 10% of the 3,500 examples left after the holdout, class-balanced.
+    assert len(split.val_ids) == 500 and split.num_train == 350
+    assert not set(split.train_ids) & set(split.val_ids)
+    assert np.all(np.bincount(labels[split.train_ids]) == 35)
+    assert sorted(split.files) == ["train", "validation"]
+    # Later runs read the files: change one and it is what they get.
+    with open(split.files["train"], "w") as f:
+        f.write("1\n2\n3\n")
+    again = evaluation.label_split(data, seed=3, directory=str(tmp_path))
+    assert again.train_ids.tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(again.val_ids, split.val_ids)
+    everything = evaluation.label_split(
+        DataConfig(), seed=3, directory=str(tmp_path)
+    )
+    assert everything.train_ids is None and everything.num_train == 4000
+
+
+def test_read_pretrained_names_the_flag(tmp_path):
+    with pytest.raises(evaluation.FlagError, match="--pretrained_dir"):
+        evaluation.read_pretrained(str(tmp_path / "nope"), "x", False)
+    path = make_pretrained_dir(tmp_path / "run")
+    os.remove(os.path.join(path, artifacts.ENCODER_FILE))
+    with pytest.raises(evaluation.FlagError, match="no encoder.keras"):
+        evaluation.read_pretrained(path, artifacts.ENCODER_FILE, False)
+    config = evaluation.read_pretrained(path, artifacts.ENCODER_FILE, True)
+    assert config.data.grid_size == 3
+
+
+def test_pretrained_encoder_weights_or_random_init(tmp_path):
+    path = make_pretrained_dir(tmp_path)
+    config = evaluation.read_pretrained(path, artifacts.ENCODER_FILE, False)
+    saved = keras.saving.load_model(
+        os.path.join(path, artifacts.ENCODER_FILE)
+    ).get_weights()
+    keras.utils.set_random_seed(0)
+    loaded = evaluation.load_patch_encoder(path, config, random_init=False)
+    assert weights_equal(loaded.get_weights(), saved)
+    random = evaluation.load_patch_encoder(path, config, random_init=True)
+    assert [w.shape for w in random.get_weights()] == [w.shape for w in saved]
+    assert not weights_equal(random.get_weights(), saved)
+    backbone = evaluation.load_backbone(path, config, random_init=False)
+    assert backbone.compute_output_shape((None, 16, 16, 3)) == (
+        None,
+        16,
+        16,
+        8,
+    )
+
+
+def test_geometry_and_config_errors_name_the_flag():
+    pretrain_data = DataConfig(**TINY_GEOMETRY)
+    data = evaluation.pretrained_geometry(DataConfig(), pretrain_data)
+    assert data.grid_size == 3 and data.image_size == 16
+    with pytest.raises(evaluation.FlagError, match="--patch_size"):
+        evaluation.pretrained_geometry(
+            DataConfig(patch_size=20, patch_stride=20, crop_size=260),
+            pretrain_data,
+            explicit=("patch_size",),
+        )
+    with pytest.raises(ValueError, match="--search"):
+        evaluation.SupervisedConfig(search=evaluation.SearchConfig(search=True))
+    with pytest.raises(ValueError, match="--dropout"):
+        evaluation.SupervisedOptions(dropout=1.0)
+    with pytest.raises(ValueError, match="--steps"):
+        evaluation.FinetuneConfig(run=RunConfig(steps=5))
+    with pytest.raises(ValueError, match="--search_weight_decay"):
+        evaluation.SearchConfig(search_weight_decay=(0.0, 1e-2))
+
+
+def test_whole_image_protocols_reject_patch_flags():
+    values = absl_flags.FlagValues()
+    cpc_flags.define_config_flags(DataConfig, flag_values=values)
+    values(["prog", "--image_size=20"])
+    evaluation.set_whole_image_geometry(values, "supervised")
+    assert values.crop_size == values.patch_size == values.patch_stride == 20
+    values = absl_flags.FlagValues()
+    cpc_flags.define_config_flags(DataConfig, flag_values=values)
+    values(["prog", "--crop_size=20"])
+    with pytest.raises(evaluation.FlagError, match="--crop_size"):
+        evaluation.set_whole_image_geometry(values, "supervised")
+
+
+# -- the search ----------------------------------------------------------------
+
+
+def test_search_picks_the_trial_with_the_best_validation_accuracy(tmp_path):
+    search = evaluation.SearchConfig(search=True, search_trials=6)
+    scores = {}
+
+    def trial_fn(values, trial_dir):
+        # A stubbed objective peaking at lr 0.1 and weight decay 1e-3.
+        score = -abs(values["learning_rate"] - 0.1) - abs(
+            np.log10(values["weight_decay"]) + 3
+        )
+        scores[trial_dir] = (score, dict(values))
+        return score
+
+    tuner = evaluation.run_search(search, trial_fn, str(tmp_path), seed=0)
+    trials = list(tuner.oracle.trials.values())
+    assert len(trials) == len(scores) == 6
+    for values in (v for _, v in scores.values()):
+        assert values["learning_rate"] in (0.05, 0.1, 0.2)
+        assert 1e-5 <= values["weight_decay"] <= 1e-2
+        assert 0.0 <= values["dropout"] <= 0.9
+        assert values["batch_per_worker"] in (16, 32)
+    best = tuner.oracle.get_best_trials(1)[0]
+    best_dir = tuner.get_trial_dir(best.trial_id)
+    assert scores[best_dir][0] == max(s for s, _ in scores.values())
+    assert best.score == max(t.score for t in trials)
+    assert best.hyperparameters.values == scores[best_dir][1]
+
+
+def test_trial_config_uses_per_worker_batch_and_shared_subsets():
+    config = evaluation.SupervisedConfig(
+        data=DataConfig(holdout=100),
+        run=RunConfig(model_dir="runs/x"),
+        search=evaluation.SearchConfig(search=True),
+    )
+    values = dict(
+        learning_rate=0.2, weight_decay=1e-4, dropout=0.3, batch_per_worker=16
+    )
+    trial = evaluation.with_hyperparameters(config, values, 2, "runs/x/t1")
+    assert trial.run.batch_size == 32 and trial.run.model_dir == "runs/x/t1"
+    assert trial.optim.learning_rate == 0.2
+    assert trial.optim.weight_decay == 1e-4
+    assert trial.options.dropout == 0.3
+    assert trial.data.subset_dir == "runs/x"
+    assert not trial.search.search
