@@ -177,7 +177,7 @@ def collect(stages):
                 label_fraction=stage.fraction,
                 top1=results["top1"],
                 top5=results.get("top5"),
-                num_labeled=results.get("num_labeled"),
+                labelled_examples=results.get("labelled_examples"),
                 directory=stage.directory,
             )
         )
