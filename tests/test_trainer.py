@@ -220,3 +220,33 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert loop.restore() == 2
     for restored, expected in zip(task.model.trainable_variables, good):
         np.testing.assert_array_equal(restored.numpy(), expected)
+
+
+def test_jit_compiled_step_matches_the_plain_step(tmp_path):
+    make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
+    strategy = tf.distribute.get_strategy()
+    plain = run_steps(strategy, make, regression_data(), tmp_path / "a", 3)
+    jit = run_steps(
+        strategy, make, regression_data(), tmp_path / "b", 3, jit_compile=True
+    )
+    for a, b in zip(plain[1], jit[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_learning_rate_schedules():
+    from cpc_tf.config import OptimConfig
+    from cpc_tf.optimizers import learning_rate_schedule, make_optimizer
+
+    constant = make_optimizer(OptimConfig(), 100)
+    assert float(constant.learning_rate) == pytest.approx(4e-4)
+    assert constant.beta_1 == 0.8 and constant.global_clipnorm is None
+    cosine = learning_rate_schedule(
+        OptimConfig(lr_schedule="cosine", warmup_steps=10), 110
+    )
+    assert float(cosine(0)) == 0.0
+    assert float(cosine(10)) == pytest.approx(4e-4)
+    assert float(cosine(60)) == pytest.approx(2e-4, rel=1e-3)
+    assert float(cosine(110)) == pytest.approx(0.0, abs=1e-9)
+    warm = learning_rate_schedule(OptimConfig(warmup_steps=10), 110)
+    assert float(warm(5)) == pytest.approx(2e-4)
+    assert float(warm(100)) == pytest.approx(4e-4)
