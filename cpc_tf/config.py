@@ -41,7 +41,11 @@ class DataConfig:
         "Training source: mnist5k:SPLIT, tfds:NAME[/CONFIG]:SPLIT, "
         "folder:DIR or tfrecord:GLOB.",
     )
-    eval_data: str = _field("mnist5k:test", "Evaluation source (same forms).")
+    eval_data: str = _field(
+        "mnist5k:test",
+        "Evaluation source (same forms), or 'holdout': test on the --holdout "
+        "images of --train_data (for data without a test split).",
+    )
     data_dir: str = _field("", "TFDS data directory ('' = TFDS default).")
     image_size: int = _field(300, "Images are first resized to this square.")
     crop_size: int = _field(260, "Random (train) / center (eval) crop size.")
@@ -104,6 +108,11 @@ class DataConfig:
             )
         if self.holdout < 0:
             _fail("holdout", f"must be >= 0, got {self.holdout}.")
+        if self.eval_data == "holdout" and not self.holdout:
+            _fail(
+                "eval_data",
+                "'holdout' tests on the --holdout images; set --holdout.",
+            )
         for name in (
             "elastic_shear_prob",
             "color_histogram_prob",

@@ -57,6 +57,8 @@ SEARCH_DIR = "search"
 GEOMETRY_FLAGS = ("image_size", "crop_size", "patch_size", "patch_stride")
 SEARCH_ALGORITHMS = ("random", "bayesian")
 OBJECTIVE = "val_top1"
+# `--eval_data=holdout`: test on the --holdout images of --train_data.
+HOLDOUT = "holdout"
 
 
 class FlagError(ValueError):
@@ -222,6 +224,12 @@ class SearchConfig:
 
 
 def _check_search(config):
+    if config.search.search and config.data.eval_data == HOLDOUT:
+        _fail(
+            "eval_data",
+            "the search selects on the --holdout images, so they cannot "
+            "also be the test set; give a separate --eval_data.",
+        )
     if config.search.search and not config.data.holdout:
         _fail(
             "search",
@@ -692,15 +700,25 @@ def label_split(data, seed, directory):
     return LabelSplit(train_ids, val_ids, len(train_ids), files)
 
 
+def test_dataset_fn(inputs, data, split, global_batch):
+    """One pass over the test images: `--eval_data`, or the `--holdout`
+    images of `--train_data` with `--eval_data=holdout` (for sources that
+    have no test split, such as the CIFAR-10 TFRecords here)."""
+    if data.eval_data == HOLDOUT:
+        return inputs.eval_fn(data.train_data, global_batch, split.val_ids)
+    return inputs.eval_fn(data.eval_data, global_batch)
+
+
 def num_classes(data):
     """Classes of the training source; the evaluation source must agree."""
-    counts = {}
-    for flag in ("train_data", "eval_data"):
+    counts = {"eval_data": None}
+    holdout = data.eval_data == HOLDOUT
+    for flag in ("train_data",) if holdout else ("train_data", "eval_data"):
         _, info = sources.load_source(
             getattr(data, flag), data_dir=data.data_dir or None
         )
         counts[flag] = info.num_classes
-    if counts["train_data"] != counts["eval_data"]:
+    if counts["eval_data"] not in (None, counts["train_data"]):
         _flag_error(
             "eval_data",
             f"{counts['eval_data']} classes, but --train_data has "
@@ -796,7 +814,7 @@ def finish(
             )
         if test:
             test_metrics = evaluate(
-                strategy, model, inputs.eval_fn(data.eval_data, batch)
+                strategy, model, test_dataset_fn(inputs, data, split, batch)
             )
         path = os.path.join(run.model_dir, CLASSIFIER_FILE)
         if loop.is_chief():

@@ -359,3 +359,29 @@ def test_trial_config_uses_per_worker_batch_and_shared_subsets():
     assert trial.options.dropout == 0.3
     assert trial.data.subset_dir == "runs/x"
     assert not trial.search.search
+
+
+def test_eval_data_holdout_tests_on_the_held_out_images(tmp_path):
+    from cpc_tf.data import sources
+
+    data = DataConfig(
+        train_data="mnist5k:train",
+        eval_data="holdout",
+        holdout=50,
+        image_size=32,
+        crop_size=28,
+        patch_size=8,
+        patch_stride=4,
+    )
+    split = evaluation.label_split(data, 0, str(tmp_path))
+    assert evaluation.num_classes(data) == 10
+    inputs = evaluation.Inputs(data, patches=True, augment=False)
+    dataset = evaluation.test_dataset_fn(inputs, data, split, 25)(
+        tf.distribute.InputContext()
+    )
+    labels = np.concatenate([y.numpy() for _, y in dataset])
+    expected = sources.source_labels("mnist5k:train")[split.val_ids]
+    np.testing.assert_array_equal(np.sort(labels), np.sort(expected))
+    assert len(labels) == 50
+    with pytest.raises(ValueError, match="--eval_data"):
+        DataConfig(eval_data="holdout")
