@@ -171,6 +171,21 @@ def test_tfrecord_source_offset_skip_and_class_count(tmp_path):
     assert sources.load_source(spec)[1].num_classes == 4
 
 
+def test_subset_is_selected_before_decoding(tmp_path):
+    pattern = _write_tfrecords(
+        tmp_path, [[1, 2, 3], [3, 2, 1, 1]], corrupt_at=(1, 1)
+    )
+    spec = f"tfrecord:{pattern}?label_offset=-1"
+    ds, info = sources.open_indexed_source(spec, ids=[0, 2, 5])
+    elements = list(ds)
+    assert [int(e["index"]) for e in elements] == [0, 2, 5]
+    assert [int(e["label"]) for e in elements] == [0, 1, 0]
+    # The corrupt record (index 3) is outside the subset: never decoded.
+    assert info.skipped.value() == 0
+    subset, info = sources.open_indexed_source(spec, ids=[3, 4])
+    assert len(list(subset)) == 1 and info.skipped.value() == 1
+
+
 @pytest.mark.parametrize(
     "suffix, message",
     [

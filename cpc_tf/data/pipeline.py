@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.data import patches as patches_lib
-from cpc_tf.data import sources, subsets
+from cpc_tf.data import sources
 
 EVAL_CROP_FRACTION = 0.875
 
@@ -297,9 +297,8 @@ def _open(spec, data_dir, input_context, label_subset, training, seed):
             seed=seed,
         )
     else:
-        ds, info = sources.open_indexed_source(spec, data_dir=data_dir)
         ids = np.unique(np.asarray(label_subset, np.int64))
-        ds = subsets.apply_subset(ds, ids)
+        ds, info = sources.open_indexed_source(spec, data_dir=data_dir, ids=ids)
         if input_context is not None:
             ds = ds.shard(
                 input_context.num_input_pipelines,

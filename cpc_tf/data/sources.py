@@ -53,6 +53,8 @@ import urllib.parse
 import numpy as np
 import tensorflow as tf
 
+from cpc_tf.data import subsets
+
 SPEC_FORMS = (
     "mnist5k:train",
     "mnist5k:test",
@@ -151,11 +153,19 @@ def open_indexed_source(
     input_context=None,
     shuffle_files=False,
     seed=0,
+    ids=None,
 ):
-    """Like `load_source`, with an extra element key `index` (int64 [])."""
+    """Like `load_source`, with an extra element key `index` (int64 []).
+
+    `ids`, if given, keeps only those source indices, selected before the
+    images are decoded (a 1% label subset reads but does not decode the
+    other 99%).
+    """
     kind, rest = _split_kind(spec)
     if kind == "mnist5k":
         ds, num_classes, num_examples = _mnist5k(spec, rest)
+        if ids is not None:
+            ds = subsets.apply_subset(ds, ids)
         ds = _shard_elements(ds, input_context)
         return ds, SourceInfo(spec, num_classes, num_examples, SkipCounter())
     if kind == "tfds":
@@ -170,6 +180,8 @@ def open_indexed_source(
         raw, decode, num_classes, num_examples = _tfrecord_raw(
             rest, input_context, shuffle_files, seed
         )
+    if ids is not None:
+        raw = subsets.apply_subset(raw, ids)
     counter = SkipCounter()
     ds = _decode_counting(raw, decode, counter)
     return ds, SourceInfo(spec, num_classes, num_examples, counter)
