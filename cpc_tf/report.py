@@ -11,8 +11,9 @@ supervised baseline from scratch. Each stage is the ordinary entry point
 run as a subprocess with its flagfile (`--linear_flagfile`, ...) and the
 pretraining run's data flags, in its own directory under `--report_dir`;
 a stage whose `results.json` exists is not run again, so an interrupted
-report resumes where it stopped. Writes `report.json`, `report.md` (a
-table) and `report.png` (accuracy against label fraction).
+report resumes where it stopped. After every stage it rewrites
+`report.json` (`complete` says whether every stage has finished),
+`report.md` (a table) and `report.png` (accuracy against label fraction).
 """
 
 import dataclasses
@@ -164,10 +165,10 @@ def run_stage(stage, log_path):
 
 
 def collect(stages):
-    """report.json records from the stages' results files."""
+    """report.json records from the finished stages' results files."""
     records = []
     for stage in stages:
-        if stage.method == "pretrain":
+        if stage.method == "pretrain" or not stage_done(stage):
             continue
         with open(os.path.join(stage.directory, RESULTS_FILE)) as f:
             results = json.load(f)
@@ -230,20 +231,37 @@ def plot(records, fractions, path, title):
 
 
 def run_report(
-    config, report_dir, fractions, flagfiles, overrides, verbose=True
+    config,
+    report_dir,
+    fractions,
+    flagfiles,
+    overrides,
+    verbose=True,
+    run_stages=True,
 ):
-    """Runs (or resumes) every stage and writes the report files."""
+    """Runs (or resumes) every stage and writes the report files.
+
+    With `run_stages=False` it only writes the files from the stages that
+    have finished.
+    """
     os.makedirs(report_dir, exist_ok=True)
     with open(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
         f.write("\n".join(config_flag_lines(config)) + "\n")
     stages = plan(config, report_dir, fractions, flagfiles, overrides)
     start = time.perf_counter()
     timings = {}
+
+    def write_outputs():
+        return _write_outputs(
+            config, report_dir, fractions, stages, timings, start
+        )
+
     for index, stage in enumerate(stages, 1):
         prefix = f"[{index}/{len(stages)}] {stage.name}"
-        if stage_done(stage):
+        if stage_done(stage) or not run_stages:
             if verbose:
-                print(f"{prefix}: done earlier, skipped", flush=True)
+                state = "done earlier" if stage_done(stage) else "not run"
+                print(f"{prefix}: {state}, skipped", flush=True)
             continue
         if verbose:
             print(f"{prefix}: running ...", flush=True)
@@ -256,10 +274,17 @@ def run_report(
                 f"{prefix}: finished in {timings[stage.name]:.0f} s",
                 flush=True,
             )
+        write_outputs()
+    return write_outputs()
+
+
+def _write_outputs(config, report_dir, fractions, stages, timings, start):
+    """Writes report.json/.md/.png from the stages finished so far."""
     records = collect(stages)
     report = dict(
         train_data=config.data.train_data,
         fractions=list(fractions),
+        complete=len(records) == len(stages) - 1,
         records=records,
         stage_seconds=timings,
         seconds_this_invocation=time.perf_counter() - start,
@@ -284,6 +309,11 @@ def define_flags():
     flags.DEFINE_string("report_dir", "runs/report", "[report] Output.")
     flags.DEFINE_list(
         "fractions", ["1", "10", "100"], "[report] Label fractions (%)."
+    )
+    flags.DEFINE_bool(
+        "run_stages",
+        True,
+        "[report] false: only write the report of the finished stages.",
     )
     for method, default in (
         ("linear", "flags/linear_demo.cfg"),
@@ -328,7 +358,12 @@ def main(argv):
         supervised=extra("supervised"),
     )
     _, table = run_report(
-        config, flag_values.report_dir, fractions, flagfiles, overrides
+        config,
+        flag_values.report_dir,
+        fractions,
+        flagfiles,
+        overrides,
+        run_stages=flag_values.run_stages,
     )
     print(table)
 

@@ -71,6 +71,7 @@ def test_report_end_to_end_and_resume(tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     assert "[5/5] supervised_100pct: finished" in first.stdout
     data = json.loads((tmp_path / "report.json").read_text())
+    assert data["complete"]
     assert {r["method"] for r in data["records"]} == set(report.METHODS)
     for record in data["records"]:
         assert 0.0 <= record["top1"] <= 1.0
