@@ -9,7 +9,10 @@ import tensorflow_datasets as tfds
 
 from cpc_tf.data import sources
 
-CIFAR10_DIR = "/work/shared/data/cifar10"
+# The shared/ folder beside the checkout (as in CI).
+CIFAR10_DIR = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10"
+)
 ELEMENT_KEYS = {"image", "label"}
 
 
