@@ -94,7 +94,7 @@ NESTED_OPS = (
     "StatefulPartitionedCall",
 )
 # Per-config defaults that differ from the flagfile (v2: a tiny batch).
-CONFIG_DEFAULTS = {"v2": dict(batch_size=2, steps=1, warmup_steps=1)}
+CONFIG_DEFAULTS = {"v2": dict(batch_size=2, steps=2, warmup_steps=2)}
 DEFAULT_STEPS = 10
 MIN_PEAK_SAMPLES = 3
 DEFAULT_WARMUP = 2
@@ -135,12 +135,12 @@ def define_flags():
     flags.DEFINE_list(
         "steps",
         [],
-        f"[CONFIG:]N timed steps (default {DEFAULT_STEPS}, v2: 1).",
+        f"[CONFIG:]N timed steps (default {DEFAULT_STEPS}, v2: 2).",
     )
     flags.DEFINE_list(
         "warmup_steps",
         [],
-        f"[CONFIG:]N untimed steps first (default {DEFAULT_WARMUP}, v2: 1).",
+        f"[CONFIG:]N untimed steps first (default {DEFAULT_WARMUP}, v2: 2).",
     )
     flags.DEFINE_multi_string(
         "set",
@@ -323,9 +323,11 @@ def _dataset(config, shuffle_buffer):
 
 
 def _pipeline_job(config, job):
+    """Images/s of the training input alone, after two warm-up batches
+    (the first one fills the shuffle buffer)."""
     iterator = iter(_dataset(config, config.data.shuffle_buffer))
-    next(iterator)  # Fills the shuffle buffer.
-    next(iterator)
+    for _ in range(2):
+        next(iterator)
     batches, start = 0, time.perf_counter()
     while batches < 3 or time.perf_counter() - start < job["seconds"]:
         next(iterator)
@@ -440,17 +442,17 @@ def _train_job(config, job):
         return result
     peaks = {dtype: statistics.median(v) for dtype, v in samples.items()}
     for run in runs:
-        matmul = sum(v for k, v in run.flops.items() if k in MATMUL_OPS)
+        per_image = {k: v / batch_size for k, v in run.flops.items()}
+        matmul = sum(v for k, v in per_image.items() if k in MATMUL_OPS)
         images_per_s = batch_size / statistics.median(run.seconds[warmup:])
         dtype = "bfloat16" if "bfloat16" in run.policy else "float32"
-        achieved = matmul / batch_size * images_per_s
+        achieved = matmul * images_per_s
         result["precisions"][run.precision] = dict(
             images_per_s=images_per_s,
             patches_per_s=images_per_s * config.data.grid_size**2,
-            flops_per_image=matmul / batch_size,
-            elementwise_flops_per_image=(sum(run.flops.values()) - matmul)
-            / batch_size,
-            flops_by_op={k: v / batch_size for k, v in run.flops.items()},
+            flops_per_image=matmul,
+            elementwise_flops_per_image=sum(per_image.values()) - matmul,
+            flops_by_op=per_image,
             achieved_flops=achieved,
             peak_flops=peaks[dtype],
             peak_flops_best=max(samples[dtype]),

@@ -282,12 +282,19 @@ class Trainer:
             progress.update(start_step)
         first_loss = last_loss = None
         metrics = {}
-        timer_start, timed_steps = None, 0
+        wall_start = time.perf_counter()
+        # Throughput counts only the step calls after the first (tracing),
+        # not checkpoints, summaries or the progress bar.
+        step_seconds, timed_steps = 0.0, 0
         try:
             step = start_step
             while step < options.steps:
+                step_start = time.perf_counter()
                 loss, metrics, norm = self._train_step(iterator)
                 loss, norm = float(loss), float(norm)
+                if first_loss is not None:
+                    step_seconds += time.perf_counter() - step_start
+                    timed_steps += 1
                 metrics = {k: float(v) for k, v in metrics.items()}
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     raise NonFiniteLossError(
@@ -298,9 +305,6 @@ class Trainer:
                 step += 1
                 if first_loss is None:
                     first_loss = loss
-                    timer_start = time.perf_counter()
-                else:
-                    timed_steps += 1
                 last_loss = loss
                 if writer is not None and (
                     step % options.log_every == 0 or step == options.steps
@@ -311,8 +315,7 @@ class Trainer:
                         loss,
                         metrics,
                         norm,
-                        timer_start,
-                        timed_steps,
+                        self._images_per_second(step_seconds, timed_steps),
                     )
                 if progress is not None:
                     progress.update(step, [("loss", loss), ("grad_norm", norm)])
@@ -328,17 +331,14 @@ class Trainer:
             signal.signal(signal.SIGTERM, previous)
             if writer is not None:
                 writer.flush()
-        seconds = (
-            time.perf_counter() - timer_start if timer_start is not None else 0
-        )
         return self._summary(
             start_step,
             step,
             first_loss,
             last_loss,
             metrics,
-            seconds,
-            timed_steps,
+            time.perf_counter() - wall_start,
+            self._images_per_second(step_seconds, timed_steps),
         )
 
     def _images_per_second(self, seconds, timed_steps):
@@ -346,7 +346,7 @@ class Trainer:
             return 0.0
         return self.options.images_per_step * timed_steps / seconds
 
-    def _log(self, writer, step, loss, metrics, norm, timer_start, timed_steps):
+    def _log(self, writer, step, loss, metrics, norm, images_per_s):
         with writer.as_default(step=step):
             tf.summary.scalar("loss", loss)
             tf.summary.scalar("grad_norm", norm)
@@ -354,16 +354,11 @@ class Trainer:
                 tf.summary.scalar(name, value)
             for name, value in _learning_rates(self.groups).items():
                 tf.summary.scalar(name, value)
-            if timer_start is not None and timed_steps:
-                tf.summary.scalar(
-                    "images_per_s",
-                    self._images_per_second(
-                        time.perf_counter() - timer_start, timed_steps
-                    ),
-                )
+            if images_per_s:
+                tf.summary.scalar("images_per_s", images_per_s)
 
     def _summary(
-        self, start, end, first, last, metrics, seconds, timed_steps=0
+        self, start, end, first, last, metrics, seconds, images_per_s=0.0
     ):
         return dict(
             start_step=start,
@@ -372,7 +367,7 @@ class Trainer:
             last_loss=last,
             metrics=metrics,
             seconds=seconds,
-            images_per_s=self._images_per_second(seconds, timed_steps),
+            images_per_s=images_per_s,
             stopped_early=end < self.options.steps,
         )
 

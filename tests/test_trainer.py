@@ -250,3 +250,28 @@ def test_learning_rate_schedules():
     warm = learning_rate_schedule(OptimConfig(warmup_steps=10), 110)
     assert float(warm(5)) == pytest.approx(2e-4)
     assert float(warm(100)) == pytest.approx(4e-4)
+
+
+def test_images_per_second_counts_steps_not_checkpoints(tmp_path, monkeypatch):
+    import time
+
+    save = tf.train.CheckpointManager.save
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(0.3)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", slow_save)
+    make = lambda: RegressionTask(keras.optimizers.SGD(0.01))  # noqa: E731
+    _, _, result, _ = run_steps(
+        tf.distribute.get_strategy(),
+        make,
+        regression_data(),
+        tmp_path,
+        steps=5,
+        checkpoint_every=1,
+        images_per_step=8,
+    )
+    # Four timed steps of a Dense layer take milliseconds; five saves 1.5 s.
+    assert result["seconds"] > 1.5
+    assert result["images_per_s"] > 4 * 8 / 0.3
