@@ -8,11 +8,11 @@ small variant for CPUs and tests.
 
 Normalization is a constructor choice. "layer" is layer normalization over
 each example's whole `[H, W, C]` activation with a per-channel scale and
-offset, i.e. `GroupNormalization(groups=1)`: it works for any input size and
-uses no batch statistics, which CPC needs because batch statistics leak
-information between the patches of a batch. "group" uses 32 groups (fewer
-when the width is not divisible), "batch" is BatchNormalization, "none" adds
-conv biases instead.
+offset (`LayerNorm`, the function of `GroupNormalization(groups=1)`): it
+works for any input size and uses no batch statistics, which CPC needs
+because batch statistics leak information between the patches of a batch.
+"group" uses 32 groups (fewer when the width is not divisible), "batch" is
+BatchNormalization, "none" adds conv biases instead.
 """
 
 import dataclasses
@@ -154,12 +154,65 @@ def resnet_v2_param_count(spec, norm="layer", in_channels=3):
     return total + _norm_params(norm, channels)
 
 
-def make_norm(norm, channels, name, dtype=None):
-    """A normalization layer for `channels`, or None for "none"."""
-    if norm == "layer":
-        return layers.GroupNormalization(
-            groups=1, epsilon=1e-5, name=name, dtype=dtype
+@keras.saving.register_keras_serializable(package="cpc_tf")
+class LayerNorm(layers.Layer):
+    """Layer normalization of each example's `[H, W, C]`, optionally + ReLU.
+
+    `[B, H, W, C]` -> `[B, H, W, C]`: mean and variance over H, W and C, a
+    per-channel scale `gamma` and offset `beta` (the function of
+    `GroupNormalization(groups=1)`), then ReLU when `relu`. It computes in
+    float32 and casts to the compute dtype once, after the ReLU: under
+    mixed_bfloat16 that skips TensorFlow's bfloat16 ReLU and its gradient,
+    which are slow on CPUs (BENCHMARKS.md).
+
+    Args:
+        epsilon: added to the variance.
+        relu: apply ReLU to the normalized output.
+    """
+
+    def __init__(self, epsilon=1e-5, relu=False, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.relu = relu
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(
+            shape=(channels,), initializer="ones", name="gamma"
         )
+        self.beta = self.add_weight(
+            shape=(channels,), initializer="zeros", name="beta"
+        )
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        axes = tuple(range(1, len(inputs.shape)))
+        mean, variance = ops.moments(x, axes=axes, keepdims=True)
+        scale = ops.rsqrt(variance + self.epsilon) * ops.cast(
+            self.gamma, "float32"
+        )
+        x = x * scale + (ops.cast(self.beta, "float32") - mean * scale)
+        if self.relu:
+            x = ops.relu(x)
+        return ops.cast(x, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon, relu=self.relu)
+        return config
+
+
+def make_norm(norm, channels, name, dtype=None, relu=False):
+    """A normalization layer for `channels`, or None for "none".
+
+    `relu` folds the following ReLU into the layer where the layer can
+    (layer normalization); otherwise the caller adds it.
+    """
+    if norm == "layer":
+        return LayerNorm(epsilon=1e-5, relu=relu, name=name, dtype=dtype)
     if norm == "group":
         groups = 32
         while channels % groups:
@@ -179,7 +232,9 @@ def make_norm(norm, channels, name, dtype=None):
 
 
 def _preact(x, norm, name, dtype):
-    layer = make_norm(norm, x.shape[-1], f"{name}_norm", dtype)
+    layer = make_norm(norm, x.shape[-1], f"{name}_norm", dtype, relu=True)
+    if isinstance(layer, LayerNorm):
+        return layer(x)
     if layer is not None:
         x = layer(x)
     return layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)

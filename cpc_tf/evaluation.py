@@ -30,14 +30,17 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 
 import keras
 import keras_tuner
 import numpy as np
 import tensorflow as tf
+from absl import app
 from keras import layers
 
 from cpc_tf import artifacts, encoders, trainer
+from cpc_tf import flags as cpc_flags
 from cpc_tf.config import (
     DataConfig,
     ModelConfig,
@@ -855,6 +858,83 @@ def train_summary(result, wall_seconds):
     """The JSON-friendly part of a `Trainer.fit` summary."""
     keys = ("steps", "first_loss", "last_loss", "metrics", "images_per_s")
     return dict({k: result[k] for k in keys}, wall_seconds=wall_seconds)
+
+
+def train(
+    strategy,
+    task,
+    config,
+    steps,
+    inputs,
+    train_ids,
+    model_dir=None,
+    step_offset=0,
+    verbose=True,
+):
+    """Fits `task` for `steps` on the labelled ids, resuming if it can.
+
+    Args:
+        model_dir: checkpoints and logs (default: `config.run.model_dir`).
+        step_offset: added to the trainer's step to reseed the data (a
+            second phase continues the first one's stream).
+
+    Returns:
+        `(trainer, train_summary dict)`.
+    """
+    run = config.run
+    loop = trainer.Trainer(
+        strategy,
+        task,
+        trainer_options(config, steps, model_dir or run.model_dir, verbose),
+    )
+    start = time.perf_counter()
+    result = loop.fit(
+        inputs.train_fn(
+            run.batch_size,
+            train_ids,
+            run.seed,
+            lambda: step_offset + int(loop.step.numpy()),
+        )
+    )
+    return loop, train_summary(result, time.perf_counter() - start)
+
+
+def run_main(run, config, **kwargs):
+    """An entry point's `main`: `run(config)`, bad flags as usage errors."""
+    try:
+        results = run(config, **kwargs)
+    except FlagError as error:
+        raise app.UsageError(str(error)) from error
+    if results is not None:
+        print(dump(results), "->", config.run.model_dir)
+
+
+def parse_whole_image_config(flag_values, protocol, config_class):
+    """`config_class` of parsed flags for a whole-image protocol.
+
+    A bad flag raises `app.UsageError`.
+    """
+    try:
+        set_whole_image_geometry(flag_values, protocol)
+    except FlagError as error:
+        raise app.UsageError(str(error)) from error
+    return cpc_flags.config_from_flags(config_class, flag_values)
+
+
+def pretrained_results(protocol, options):
+    """The `results.json` entries naming the protocol and its encoder."""
+    return dict(
+        protocol=protocol,
+        pretrained_dir=os.path.abspath(options.pretrained_dir),
+        random_init=options.random_init,
+    )
+
+
+def define_protocol_flags(flag_values, defaults, *config_classes):
+    """Defines an entry point's flags with the protocol's `defaults`."""
+    cpc_flags.define_config_flags(*config_classes, flag_values=flag_values)
+    for name, value in defaults.items():
+        flag_values.set_default(name, value)
 
 
 # -- hyperparameter search -----------------------------------------------------

@@ -26,12 +26,11 @@ and `results.json`.
 
 import dataclasses
 import os
-import time
 
 import keras
 from absl import app
 
-from cpc_tf import artifacts, distribute, evaluation, trainer
+from cpc_tf import artifacts, distribute, evaluation
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import DataConfig, OptimConfig, RunConfig
 from cpc_tf.optimizers import make_optimizer
@@ -83,18 +82,6 @@ def build_model(config, pretrained, num_classes):
     return model, backbone, head
 
 
-def _phase(strategy, task, config, steps, name, dataset_fn, verbose):
-    model_dir = os.path.join(config.run.model_dir, name)
-    loop = trainer.Trainer(
-        strategy,
-        task,
-        evaluation.trainer_options(config, steps, model_dir, verbose),
-    )
-    start = time.perf_counter()
-    result = loop.fit(dataset_fn(loop))
-    return loop, evaluation.train_summary(result, time.perf_counter() - start)
-
-
 def run(config, strategy=None, test=True, verbose=True):
     """Runs both phases and tests (or searches, with `--search`).
 
@@ -125,12 +112,17 @@ def run(config, strategy=None, test=True, verbose=True):
         data, run_config.seed, data.subset_dir or run_config.model_dir
     )
 
-    def dataset_fn(offset):
-        return lambda loop: inputs.train_fn(
-            run_config.batch_size,
+    def train_phase(task, steps, name, step_offset):
+        return evaluation.train(
+            strategy,
+            task,
+            config,
+            steps,
+            inputs,
             split.train_ids,
-            run_config.seed,
-            lambda: offset + int(loop.step.numpy()),
+            model_dir=os.path.join(run_config.model_dir, name),
+            step_offset=step_offset,
+            verbose=verbose,
         )
 
     keras.utils.set_random_seed(run_config.seed)
@@ -145,14 +137,8 @@ def run(config, strategy=None, test=True, verbose=True):
             with strategy.scope():
                 optimizer = make_optimizer(config.optim, options.phase1_steps)
             task = evaluation.ClassifierTask(model, backbone, head, optimizer)
-            loop, summary["phase1"] = _phase(
-                strategy,
-                task,
-                config,
-                options.phase1_steps,
-                "phase1",
-                dataset_fn(0),
-                verbose,
+            loop, summary["phase1"] = train_phase(
+                task, options.phase1_steps, "phase1", 0
             )
         if options.phase2_steps:
             with strategy.scope():
@@ -168,14 +154,8 @@ def run(config, strategy=None, test=True, verbose=True):
                 train_encoder=True,
                 encoder_optimizer=encoder_optimizer,
             )
-            loop, summary["phase2"] = _phase(
-                strategy,
-                task,
-                config,
-                options.phase2_steps,
-                "phase2",
-                dataset_fn(options.phase1_steps),
-                verbose,
+            loop, summary["phase2"] = train_phase(
+                task, options.phase2_steps, "phase2", options.phase1_steps
             )
         return evaluation.finish(
             loop,
@@ -185,11 +165,7 @@ def run(config, strategy=None, test=True, verbose=True):
             config,
             split,
             summary,
-            dict(
-                protocol="finetune",
-                pretrained_dir=os.path.abspath(options.pretrained_dir),
-                random_init=options.random_init,
-            ),
+            evaluation.pretrained_results("finetune", options),
             test=test,
         )
     finally:
@@ -198,36 +174,27 @@ def run(config, strategy=None, test=True, verbose=True):
 
 def parse_config(flag_values=cpc_flags.FLAGS):
     """The config of parsed flags; a bad flag raises `app.UsageError`."""
-    try:
-        evaluation.set_whole_image_geometry(flag_values, "finetune")
-    except evaluation.FlagError as error:
-        raise app.UsageError(str(error)) from error
-    return cpc_flags.config_from_flags(evaluation.FinetuneConfig, flag_values)
+    return evaluation.parse_whole_image_config(
+        flag_values, "finetune", evaluation.FinetuneConfig
+    )
 
 
 def main(argv):
     del argv
-    config = parse_config()
-    try:
-        results = run(config)
-    except evaluation.FlagError as error:
-        raise app.UsageError(str(error)) from error
-    if results is not None:
-        print(evaluation.dump(results), "->", config.run.model_dir)
+    evaluation.run_main(run, parse_config())
 
 
 def define_flags(flag_values=cpc_flags.FLAGS):
     """Defines this entry point's flags with its defaults."""
-    cpc_flags.define_config_flags(
+    evaluation.define_protocol_flags(
+        flag_values,
+        FLAG_DEFAULTS,
         DataConfig,
         OptimConfig,
         RunConfig,
         evaluation.FinetuneOptions,
         evaluation.SearchConfig,
-        flag_values=flag_values,
     )
-    for name, value in FLAG_DEFAULTS.items():
-        flag_values.set_default(name, value)
 
 
 if __name__ == "__main__":

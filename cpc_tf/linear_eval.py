@@ -17,12 +17,11 @@ and the spatial mean of the logits, trained with Adam (5e-4 by default).
 
 import dataclasses
 import os
-import time
 
 import keras
 from absl import app
 
-from cpc_tf import artifacts, distribute, evaluation, trainer
+from cpc_tf import artifacts, distribute, evaluation
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import DataConfig, OptimConfig, RunConfig
 from cpc_tf.optimizers import make_optimizer
@@ -85,23 +84,15 @@ def run(config, strategy=None, test=True, verbose=True, explicit=()):
             )
             optimizer = make_optimizer(config.optim, steps)
         task = evaluation.ClassifierTask(model, encoder, head, optimizer)
-        loop = trainer.Trainer(
+        loop, summary = evaluation.train(
             strategy,
             task,
-            evaluation.trainer_options(
-                config, steps, run_config.model_dir, verbose
-            ),
+            config,
+            steps,
+            inputs,
+            split.train_ids,
+            verbose=verbose,
         )
-        start = time.perf_counter()
-        result = loop.fit(
-            inputs.train_fn(
-                run_config.batch_size,
-                split.train_ids,
-                run_config.seed,
-                lambda: int(loop.step.numpy()),
-            )
-        )
-        summary = evaluation.train_summary(result, time.perf_counter() - start)
         return evaluation.finish(
             loop,
             strategy,
@@ -110,11 +101,7 @@ def run(config, strategy=None, test=True, verbose=True, explicit=()):
             config,
             split,
             summary,
-            dict(
-                protocol="linear",
-                pretrained_dir=os.path.abspath(options.pretrained_dir),
-                random_init=options.random_init,
-            ),
+            evaluation.pretrained_results("linear", options),
             test=test,
         )
     finally:
@@ -135,24 +122,19 @@ def parse_config(flag_values=cpc_flags.FLAGS):
 def main(argv):
     del argv
     config, explicit = parse_config()
-    try:
-        results = run(config, explicit=explicit)
-    except evaluation.FlagError as error:
-        raise app.UsageError(str(error)) from error
-    print(evaluation.dump(results), "->", config.run.model_dir)
+    evaluation.run_main(run, config, explicit=explicit)
 
 
 def define_flags(flag_values=cpc_flags.FLAGS):
     """Defines this entry point's flags with its defaults."""
-    cpc_flags.define_config_flags(
+    evaluation.define_protocol_flags(
+        flag_values,
+        FLAG_DEFAULTS,
         DataConfig,
         OptimConfig,
         RunConfig,
         evaluation.LinearOptions,
-        flag_values=flag_values,
     )
-    for name, value in FLAG_DEFAULTS.items():
-        flag_values.set_default(name, value)
 
 
 if __name__ == "__main__":

@@ -249,7 +249,13 @@ def run_report(
         f.write("\n".join(config_flag_lines(config)) + "\n")
     stages = plan(config, report_dir, fractions, flagfiles, overrides)
     start = time.perf_counter()
-    timings = {}
+    # Stage times accumulate over invocations (a resumed report keeps them).
+    previous = os.path.join(report_dir, "report.json")
+    timings = (
+        artifacts.read_json(previous).get("stage_seconds", {})
+        if os.path.exists(previous)
+        else {}
+    )
 
     def write_outputs():
         return _write_outputs(
@@ -287,6 +293,7 @@ def _write_outputs(config, report_dir, fractions, stages, timings, start):
         complete=len(records) == len(stages) - 1,
         records=records,
         stage_seconds=timings,
+        stage_seconds_total=sum(timings.values()),
         seconds_this_invocation=time.perf_counter() - start,
     )
     artifacts.write_json(os.path.join(report_dir, "report.json"), report)

@@ -31,12 +31,11 @@ its own `--strategy` (e.g. one accelerator per tuner).
 """
 
 import os
-import time
 
 import keras
 from absl import app
 
-from cpc_tf import distribute, evaluation, trainer
+from cpc_tf import distribute, evaluation
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from cpc_tf.optimizers import make_optimizer
@@ -119,23 +118,15 @@ def run(config, strategy=None, test=True, verbose=True):
         task = evaluation.ClassifierTask(
             model, backbone, head, optimizer, train_encoder=True
         )
-        loop = trainer.Trainer(
+        loop, summary = evaluation.train(
             strategy,
             task,
-            evaluation.trainer_options(
-                config, steps, run_config.model_dir, verbose
-            ),
+            config,
+            steps,
+            inputs,
+            split.train_ids,
+            verbose=verbose,
         )
-        start = time.perf_counter()
-        result = loop.fit(
-            inputs.train_fn(
-                run_config.batch_size,
-                split.train_ids,
-                run_config.seed,
-                lambda: int(loop.step.numpy()),
-            )
-        )
-        summary = evaluation.train_summary(result, time.perf_counter() - start)
         return evaluation.finish(
             loop,
             strategy,
@@ -153,37 +144,28 @@ def run(config, strategy=None, test=True, verbose=True):
 
 def parse_config(flag_values=cpc_flags.FLAGS):
     """The config of parsed flags; a bad flag raises `app.UsageError`."""
-    try:
-        evaluation.set_whole_image_geometry(flag_values, "supervised")
-    except evaluation.FlagError as error:
-        raise app.UsageError(str(error)) from error
-    return cpc_flags.config_from_flags(evaluation.SupervisedConfig, flag_values)
+    return evaluation.parse_whole_image_config(
+        flag_values, "supervised", evaluation.SupervisedConfig
+    )
 
 
 def main(argv):
     del argv
-    config = parse_config()
-    try:
-        results = run(config)
-    except evaluation.FlagError as error:
-        raise app.UsageError(str(error)) from error
-    if results is not None:
-        print(evaluation.dump(results), "->", config.run.model_dir)
+    evaluation.run_main(run, parse_config())
 
 
 def define_flags(flag_values=cpc_flags.FLAGS):
     """Defines this entry point's flags with its defaults."""
-    cpc_flags.define_config_flags(
+    evaluation.define_protocol_flags(
+        flag_values,
+        FLAG_DEFAULTS,
         DataConfig,
         ModelConfig,
         OptimConfig,
         RunConfig,
         evaluation.SupervisedOptions,
         evaluation.SearchConfig,
-        flag_values=flag_values,
     )
-    for name, value in FLAG_DEFAULTS.items():
-        flag_values.set_default(name, value)
 
 
 if __name__ == "__main__":

@@ -98,3 +98,56 @@ def test_patch_encoder_keras_round_trip(tmp_path):
     model.save(tmp_path / "enc.keras")
     loaded = keras.models.load_model(tmp_path / "enc.keras")
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+
+
+def layer_norm_reference(x, gamma, beta, epsilon=1e-5):
+    # Appendix A's layer norm: statistics of each example's whole [H, W, C].
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    variance = x.var(axis=(1, 2, 3), keepdims=True)
+    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def test_layer_norm_matches_numpy_and_group_norm():
+    rng = np.random.default_rng(2)
+    x = rng.normal(2.0, 3.0, size=(3, 5, 4, 6)).astype("float32")
+    gamma = rng.normal(size=6).astype("float32")
+    beta = rng.normal(size=6).astype("float32")
+    expected = layer_norm_reference(x, gamma, beta)
+    for relu in (False, True):
+        layer = encoders.LayerNorm(relu=relu)
+        layer.build(x.shape)
+        layer.set_weights([gamma, beta])
+        want = np.maximum(expected, 0) if relu else expected
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(layer(x)), want, rtol=1e-4, atol=1e-5
+        )
+    group = keras.layers.GroupNormalization(groups=1, epsilon=1e-5)
+    group.build(x.shape)
+    group.set_weights([gamma, beta])
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(group(x)), expected, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_layer_norm_in_mixed_precision_and_saving(tmp_path):
+    x = np.random.default_rng(3).normal(size=(2, 4, 4, 8)).astype("float32")
+    layer = encoders.LayerNorm(relu=True, dtype="mixed_bfloat16")
+    out = layer(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert layer.gamma.dtype == "float32"
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ops.cast(out, "float32")),
+        np.maximum(layer_norm_reference(x, 1.0, 0.0), 0),
+        rtol=2e-2,
+        atol=2e-2,
+    )
+    model = encoders.resnet_v2(norm="layer", **TINY)
+    path = str(tmp_path / "backbone.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    images = np.random.default_rng(4).normal(size=(2, 8, 8, 3))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(loaded(images)),
+        ops.convert_to_numpy(model(images)),
+        rtol=1e-6,
+    )

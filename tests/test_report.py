@@ -82,3 +82,6 @@ def test_report_end_to_end_and_resume(tmp_path):
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("done earlier, skipped") == 5
+    resumed = json.loads((tmp_path / "report.json").read_text())
+    assert resumed["stage_seconds"] == data["stage_seconds"]
+    assert len(data["stage_seconds"]) == 5
