@@ -185,8 +185,16 @@ class LayerNorm(layers.Layer):
         )
 
     def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        axes = tuple(range(1, len(inputs.shape)))
+        channels = self.gamma.shape[0]
+        spatial = tuple(ops.shape(inputs)[1:-1])
+        # Statistics on a [B, H, W, 1, C] view. TensorFlow's Conv2D returns
+        # its input's shape for an empty batch (a replica's share of an
+        # uneven last batch); a reshape that adds an axis fixes the channel
+        # count (one that keeps the rank is optimized away).
+        x = ops.cast(
+            ops.reshape(inputs, (-1,) + spatial + (1, channels)), "float32"
+        )
+        axes = tuple(range(1, len(x.shape)))
         mean, variance = ops.moments(x, axes=axes, keepdims=True)
         scale = ops.rsqrt(variance + self.epsilon) * ops.cast(
             self.gamma, "float32"
@@ -194,6 +202,7 @@ class LayerNorm(layers.Layer):
         x = x * scale + (ops.cast(self.beta, "float32") - mean * scale)
         if self.relu:
             x = ops.relu(x)
+        x = ops.reshape(x, (-1,) + spatial + (channels,))
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

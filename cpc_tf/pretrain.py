@@ -183,6 +183,13 @@ def run(config, verbose=True):
         result = loop.fit(dataset_fn)
         if result["stopped_early"]:
             return dict(result, preempted=True)
+        summary_path = os.path.join(
+            run_config.model_dir, artifacts.SUMMARY_FILE
+        )
+        if result["start_step"] == steps and os.path.exists(summary_path):
+            # Finished by an earlier invocation: its summary and encoder
+            # stand (rewriting them would lose the losses and cost time).
+            return artifacts.read_json(summary_path)
         grid = config.data.grid_size
         patch = config.data.patch_size
         if loop.is_chief():
@@ -206,10 +213,7 @@ def run(config, verbose=True):
         replicas=strategy.num_replicas_in_sync,
     )
     if loop.is_chief():
-        artifacts.write_json(
-            os.path.join(run_config.model_dir, artifacts.SUMMARY_FILE),
-            summary,
-        )
+        artifacts.write_json(summary_path, summary)
     return summary
 
 

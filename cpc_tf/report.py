@@ -222,7 +222,7 @@ def plot(records, fractions, path, title):
     axes.set_xticks(fractions, [f"{f:g}%" for f in fractions])
     axes.set_xlabel("labelled training images")
     axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_title(title)
+    axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -304,7 +304,7 @@ def _write_outputs(config, report_dir, fractions, stages, timings, start):
         records,
         fractions,
         os.path.join(report_dir, "report.png"),
-        f"CPC v2 data efficiency: {config.data.train_data}",
+        f"CPC v2 data efficiency\n{config.data.train_data}",
     )
     return report, table
 

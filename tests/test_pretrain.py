@@ -156,6 +156,22 @@ def test_sigterm_saves_then_exits(tmp_path):
     assert len(saved) == 1 and saved[0] != "ckpt-100000.index"
 
 
+def test_finished_run_keeps_its_summary_and_encoder(tmp_path):
+    config = parse(
+        f"--flagfile={ROOT}/flags/demo.cfg",
+        *FAST,
+        "--steps=2",
+        f"--model_dir={tmp_path}",
+    )
+    first = pretrain.run(config, verbose=False)
+    encoder = tmp_path / artifacts.ENCODER_FILE
+    saved_at = encoder.stat().st_mtime_ns
+    again = pretrain.run(config, verbose=False)
+    assert again["first_loss"] == first["first_loss"] is not None
+    assert again["steps"] == 2 and again["start_step"] == 0
+    assert encoder.stat().st_mtime_ns == saved_at
+
+
 def test_total_steps_from_epochs():
     run = RunConfig(steps=0, epochs=2.0, batch_size=64)
     assert pretrain.total_steps(run, 1000) == 32
