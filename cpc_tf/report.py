@@ -224,7 +224,8 @@ def plot(records, fractions, path, title):
     axes.set_ylabel("top-1 accuracy (%)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend()
+    if records:
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
