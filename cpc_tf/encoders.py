@@ -214,14 +214,10 @@ class LayerNorm(layers.Layer):
         return config
 
 
-def make_norm(norm, channels, name, dtype=None, relu=False):
-    """A normalization layer for `channels`, or None for "none".
-
-    `relu` folds the following ReLU into the layer where the layer can
-    (layer normalization); otherwise the caller adds it.
-    """
+def make_norm(norm, channels, name, dtype=None):
+    """A normalization layer for `channels`, or None for "none"."""
     if norm == "layer":
-        return LayerNorm(epsilon=1e-5, relu=relu, name=name, dtype=dtype)
+        return LayerNorm(name=name, dtype=dtype)
     if norm == "group":
         groups = 32
         while channels % groups:
@@ -241,9 +237,9 @@ def make_norm(norm, channels, name, dtype=None, relu=False):
 
 
 def _preact(x, norm, name, dtype):
-    layer = make_norm(norm, x.shape[-1], f"{name}_norm", dtype, relu=True)
-    if isinstance(layer, LayerNorm):
-        return layer(x)
+    if norm == "layer":
+        return LayerNorm(relu=True, name=f"{name}_norm", dtype=dtype)(x)
+    layer = make_norm(norm, x.shape[-1], f"{name}_norm", dtype)
     if layer is not None:
         x = layer(x)
     return layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)

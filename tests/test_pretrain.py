@@ -16,9 +16,9 @@ from cpc_tf import artifacts, pretrain
 from cpc_tf.config import RunConfig
 
 
-def cli(*args, timeout=300):
+def cli(*args, program=("-m", "cpc_tf.pretrain")):
     return subprocess.Popen(
-        [sys.executable, "-m", "cpc_tf.pretrain", *args],
+        [sys.executable, *program, *args],
         cwd=ROOT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         stdout=subprocess.PIPE,
@@ -185,24 +185,16 @@ def test_v2_flagfile_two_steps_on_mock_imagenet(tmp_path):
     # 80/36, four directions, Adam + clip + EMA), two steps of two images on
     # mock ImageNet, in a process of its own: ~16 GB and 7.6 GB of files.
     model_dir = tmp_path / "v2"
-    process = subprocess.run(
-        [
-            sys.executable,
-            "tests/scripts/pretrain_mock_tfds.py",
-            "--flagfile=flags/v2.cfg",
-            "--steps=2",
-            "--batch_size=2",
-            f"--model_dir={model_dir}",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=1200,
+    process = cli(
+        "--flagfile=flags/v2.cfg",
+        "--steps=2",
+        "--batch_size=2",
+        f"--model_dir={model_dir}",
+        program=("tests/scripts/pretrain_mock_tfds.py",),
     )
+    output = process.communicate(timeout=1200)[0]
     try:
-        assert process.returncode == 0, process.stdout[-3000:]
+        assert process.returncode == 0, output[-3000:]
         with open(model_dir / artifacts.SUMMARY_FILE) as f:
             summary = json.load(f)
         assert summary["steps"] == 2 and summary["replicas"] == 1
