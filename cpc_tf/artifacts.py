@@ -10,13 +10,16 @@
 
 The `.keras` files hold the Polyak-averaged weights unless the run was
 told otherwise (`--use_ema=false`). Images enter every model as float32 in
-[-1, 1].
+[-1, 1]. Every file goes through `tf.io.gfile` (Keras does the same for
+`scheme://` paths), so a model directory may be on any TF file system
+(`gs://`, `ram://`, ...).
 """
 
 import json
 import os
 
 import keras
+import tensorflow as tf
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -41,10 +44,10 @@ def save_encoder(model_dir, encoder, grid_shape):
 
 
 def write_json(path, values):
-    with open(path, "w") as f:
+    with tf.io.gfile.GFile(path, "w") as f:
         json.dump(values, f, indent=2, sort_keys=True)
 
 
 def read_json(path):
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         return json.load(f)

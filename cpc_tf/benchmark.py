@@ -51,10 +51,11 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from cpc_tf import builders, trainer  # noqa: E402
 from cpc_tf import flags as cpc_flags  # noqa: E402
-from cpc_tf import pretrain, trainer  # noqa: E402
 from cpc_tf.config import (  # noqa: E402
     DataConfig,
+    KnnConfig,
     ModelConfig,
     OptimConfig,
     PretrainConfig,
@@ -172,7 +173,12 @@ def parse_config(args):
     """A `PretrainConfig` from command-line style `args` (own FlagValues)."""
     values = flags.FlagValues()
     cpc_flags.define_config_flags(
-        DataConfig, ModelConfig, OptimConfig, RunConfig, flag_values=values
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        KnnConfig,
+        flag_values=values,
     )
     values(["benchmark", *args])
     return cpc_flags.config_from_flags(PretrainConfig, values)
@@ -314,7 +320,7 @@ def _dataset(config, shuffle_buffer):
         crop_size=data.crop_size,
         patch_size=data.patch_size,
         patch_stride=data.patch_stride,
-        augment=pretrain.augment_config(data),
+        augment=builders.augment_config(data),
         seed=config.run.seed,
         data_dir=data.data_dir or None,
         shuffle_buffer=shuffle_buffer,
@@ -358,7 +364,7 @@ class _Run:
         strategy = tf.distribute.get_strategy()
         with _policy(self.policy), strategy.scope():
             keras.utils.set_random_seed(config.run.seed)
-            self.model = pretrain.build_cpc_model(config)
+            self.model = builders.build_cpc_model(config)
             optimizer = make_optimizer(config.optim, total_steps)
         task = CPCTask(self.model, optimizer, config.run.negatives)
         # Model FLOPs: count the one-chunk loss, whose matmuls the profiler
@@ -392,7 +398,11 @@ class _Run:
         """One timed `Trainer` step (the same `tf.function` `fit` runs)."""
         with _policy(self.policy):
             start = time.perf_counter()
-            self.loss = float(self.trainer._train_step(self.iterator)[0])
+            self.loss = float(
+                self.trainer._train_loop(
+                    self.iterator, tf.constant(1, tf.int64), tf.constant(0.0)
+                )[0]
+            )
             self.seconds.append(time.perf_counter() - start)
 
 

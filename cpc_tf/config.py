@@ -9,11 +9,21 @@ compute, and every message names the flag.
 import dataclasses
 import json
 
+import tensorflow as tf
+
 from cpc_tf.context import DIRECTIONS
 from cpc_tf.encoders import NORMALIZATIONS, RESNET_V2_SPECS
 
 LABEL_FRACTIONS = (1, 2, 5, 10, 20, 50, 100)
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "bfloat16", "float16")
+# The boolean spelling of --mixed_precision before it took a precision.
+_LEGACY_PRECISIONS = {"false": "float32", "true": "bfloat16"}
+WEIGHT_DECAY_TYPES = ("l2", "decoupled")
+
+
+class FlagError(ValueError):
+    """A flag value that makes no sense; the message names the flag."""
 
 
 def _field(default, help_text, **kwargs):
@@ -23,7 +33,7 @@ def _field(default, help_text, **kwargs):
 
 
 def _fail(flag, message):
-    raise ValueError(f"--{flag}: {message}")
+    raise FlagError(f"--{flag}: {message}")
 
 
 def _check_probability(config, name):
@@ -56,8 +66,20 @@ class DataConfig:
     )
     holdout: float = _field(
         0.0,
-        "Validation examples held out of the training split: a count (>= 1) "
-        "or a fraction (< 1). 0 = none.",
+        "Images held out of --train_data, a count (>= 1) or a fraction "
+        "(< 1); pretraining never sees them. They are the test set with "
+        "--eval_data=holdout, else the validation set. 0 = none.",
+    )
+    holdout_seed: int = _field(
+        0,
+        "Seed of the --holdout and --validation splits; unlike --seed it "
+        "stays fixed, so every seed and every stage hold out the same images.",
+    )
+    validation: float = _field(
+        0.0,
+        "With --eval_data=holdout: validation images for model selection, "
+        "a count or fraction of the training images left after --holdout "
+        "(pretraining may see them, like the paper's). 0 = none.",
     )
     subset_dir: str = _field(
         "", "Where label subsets are written/read ('' = model_dir)."
@@ -106,8 +128,15 @@ class DataConfig:
                 f"expected one of {LABEL_FRACTIONS}, got "
                 f"{self.label_fraction}.",
             )
-        if self.holdout < 0:
-            _fail("holdout", f"must be >= 0, got {self.holdout}.")
+        for name in ("holdout", "validation"):
+            if getattr(self, name) < 0:
+                _fail(name, f"must be >= 0, got {getattr(self, name)}.")
+        if self.validation and self.eval_data != "holdout":
+            _fail(
+                "validation",
+                "is for --eval_data=holdout; with a separate --eval_data "
+                "the --holdout images are the validation set.",
+            )
         if self.eval_data == "holdout" and not self.holdout:
             _fail(
                 "eval_data",
@@ -249,7 +278,17 @@ class OptimConfig:
     beta1: float = _field(0.8, "Adam beta1 (SGD: momentum).")
     beta2: float = _field(0.999, "Adam beta2.")
     epsilon: float = _field(1e-8, "Adam epsilon.")
-    weight_decay: float = _field(0.0, "Decoupled weight decay (0 = none).")
+    weight_decay: float = _field(
+        0.0,
+        "Weight decay strength (0 = none). Kernels only: normalization "
+        "parameters and biases are never decayed.",
+    )
+    weight_decay_type: str = _field(
+        "l2",
+        "l2: the penalty weight_decay / 2 * sum(kernel ** 2) added to the "
+        "loss (the paper's); decoupled: Keras's decoupled decay in the "
+        "optimizer step.",
+    )
     clip_global_norm: float = _field(
         0.01, "Clip the aggregated gradient to this global norm (0 = off)."
     )
@@ -275,6 +314,14 @@ class OptimConfig:
             _fail("ema_decay", f"must be in [0, 1), got {self.ema_decay}.")
         if self.warmup_steps < 0:
             _fail("warmup_steps", "must be >= 0.")
+        if self.weight_decay < 0:
+            _fail("weight_decay", f"must be >= 0, got {self.weight_decay}.")
+        if self.weight_decay_type not in WEIGHT_DECAY_TYPES:
+            _fail(
+                "weight_decay_type",
+                f"expected one of {WEIGHT_DECAY_TYPES}, got "
+                f"{self.weight_decay_type}.",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,12 +334,25 @@ class RunConfig:
         0, "Training steps; 0 = --epochs over the training data."
     )
     epochs: float = _field(200.0, "Epochs, when --steps is 0.")
+    min_steps: int = _field(
+        0, "With --epochs: train at least this many steps (small subsets)."
+    )
+    steps_per_loop: int = _field(
+        1,
+        "Training steps per call of the compiled loop; the NaN check, "
+        "summaries and the progress bar run once per loop.",
+    )
     strategy: str = _field("default", "|".join(STRATEGIES))
     tpu: str = _field("", "TPU address, for --strategy=tpu.")
     negatives: str = _field(
         "local", "InfoNCE negatives: local (replica batch) | global."
     )
-    mixed_precision: bool = _field(False, "mixed_bfloat16 compute.")
+    mixed_precision: str = _field(
+        "float32",
+        "Compute precision: float32 | bfloat16 (mixed_bfloat16: TPUs, "
+        "A100/H100, AMX CPUs) | float16 (mixed_float16 with dynamic loss "
+        "scaling: V100, T4).",
+    )
     jit_compile: bool = _field(False, "XLA-compile the train step.")
     checkpoint_every: int = _field(1000, "Steps between checkpoints.")
     keep_checkpoints: int = _field(3, "Checkpoints kept.")
@@ -303,6 +363,14 @@ class RunConfig:
     seed: int = _field(0, "Seed for initialisation, data order, augmentation.")
 
     def __post_init__(self):
+        precision = str(self.mixed_precision).lower()
+        precision = _LEGACY_PRECISIONS.get(precision, precision)
+        if precision not in PRECISIONS:
+            _fail(
+                "mixed_precision",
+                f"expected one of {PRECISIONS}, got {self.mixed_precision}.",
+            )
+        object.__setattr__(self, "mixed_precision", precision)
         if self.batch_size < 1:
             _fail("batch_size", f"must be >= 1, got {self.batch_size}.")
         if self.strategy not in STRATEGIES:
@@ -319,9 +387,56 @@ class RunConfig:
             )
         if self.steps < 0 or (self.steps == 0 and self.epochs <= 0):
             _fail("steps", "set --steps > 0 or --epochs > 0.")
-        for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
+        if self.min_steps < 0:
+            _fail("min_steps", f"must be >= 0, got {self.min_steps}.")
+        for name in (
+            "checkpoint_every",
+            "log_every",
+            "keep_checkpoints",
+            "steps_per_loop",
+        ):
             if getattr(self, name) < 1:
                 _fail(name, f"must be >= 1, got {getattr(self, name)}.")
+
+    @property
+    def dtype_policy(self):
+        """The Keras dtype policy name of `mixed_precision`."""
+        if self.mixed_precision == "float32":
+            return "float32"
+        return f"mixed_{self.mixed_precision}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnConfig:
+    """The weighted k-NN monitor (Wu et al. 2018) of the EMA encoder."""
+
+    knn_every: int = _field(
+        0,
+        "Pretraining: score the EMA encoder with k-NN every N steps and at "
+        "the end (0 = never).",
+    )
+    knn_memory: int = _field(
+        5000, "Labelled training images in the k-NN memory (0 = all)."
+    )
+    knn_queries: int = _field(
+        2000,
+        "Query images (the hold-out, or --eval_data) per k-NN score (0 = all).",
+    )
+    knn_k: int = _field(200, "Neighbours that vote.")
+    knn_temperature: float = _field(
+        0.07, "Vote weight exp(cosine similarity / temperature)."
+    )
+
+    def __post_init__(self):
+        if self.knn_every < 0:
+            _fail("knn_every", f"must be >= 0, got {self.knn_every}.")
+        for name in ("knn_memory", "knn_queries"):
+            if getattr(self, name) < 0:
+                _fail(name, f"must be >= 0, got {getattr(self, name)}.")
+        if self.knn_k < 1:
+            _fail("knn_k", f"must be >= 1, got {self.knn_k}.")
+        if self.knn_temperature <= 0:
+            _fail("knn_temperature", "must be > 0.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +447,7 @@ class PretrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    knn: KnnConfig = dataclasses.field(default_factory=KnnConfig)
 
     def __post_init__(self):
         grid = self.data.grid_size
@@ -348,7 +464,7 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self, path):
-        with open(path, "w") as f:
+        with tf.io.gfile.GFile(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
 
 
@@ -368,5 +484,5 @@ def from_dict(cls, values):
 
 
 def read_json(cls, path):
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         return from_dict(cls, json.load(f))

@@ -33,14 +33,14 @@ carries no second set, so the export has no flag to choose between them.
 
 import functools
 import os
-import shutil
 
 import keras
 import tensorflow as tf
 from absl import app, flags
 from keras import layers
 
-from cpc_tf import artifacts, config
+from cpc_tf import artifacts, config, runtime
+from cpc_tf.config import FlagError
 from cpc_tf.data import pipeline
 from cpc_tf.encoders import PatchEncoder
 
@@ -51,7 +51,7 @@ BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
 IMAGES_SPEC = tf.TensorSpec(None, tf.uint8, name="images")
 
 
-class ExportArgumentError(ValueError):
+class ExportArgumentError(FlagError):
     """A bad export argument; the message names its command-line flag."""
 
 
@@ -78,7 +78,7 @@ def load_encoder(path, kind="image", trainable=True):
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-    if os.path.isdir(path):
+    if tf.io.gfile.isdir(path):
         name = (
             artifacts.ENCODER_FILE
             if kind == "patches"
@@ -111,18 +111,19 @@ def load_encoder(path, kind="image", trainable=True):
 
 def _versions(directory):
     """The integer-named subdirectories of `directory` (TF Serving's)."""
-    if not os.path.isdir(directory):
+    if not tf.io.gfile.isdir(directory):
         return []
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(directory)]
     return [
         int(name)
-        for name in os.listdir(directory)
-        if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+        for name in names
+        if name.isdigit() and tf.io.gfile.isdir(os.path.join(directory, name))
     ]
 
 
 def _model_files_dir(path):
     """The directory with the `.keras` files: `path` or its newest version."""
-    if os.path.exists(os.path.join(path, artifacts.BACKBONE_FILE)):
+    if tf.io.gfile.exists(os.path.join(path, artifacts.BACKBONE_FILE)):
         return path
     versions = _versions(path)
     if versions:
@@ -138,10 +139,14 @@ def _fail(flag, message):
     raise ExportArgumentError(f"--{flag}: {message}")
 
 
+def _is_file(path):
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
 def _read_labels(path):
-    if not os.path.isfile(path):
+    if not _is_file(path):
         _fail("labels", f"no such file {path}.")
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         labels = [line.strip() for line in f if line.strip()]
     if not labels:
         _fail("labels", f"{path} has no labels (one class name a line).")
@@ -156,7 +161,7 @@ def _check_arguments(model_dir, export_dir, version, classifier, labels, top_k):
         artifacts.BACKBONE_FILE,
         artifacts.CONFIG_FILE,
     ):
-        if not os.path.isfile(os.path.join(model_dir, name)):
+        if not _is_file(os.path.join(model_dir, name)):
             _fail(
                 "model_dir",
                 f"{model_dir} has no {name}; expected a finished run's "
@@ -167,7 +172,7 @@ def _check_arguments(model_dir, export_dir, version, classifier, labels, top_k):
         config.PretrainConfig,
         os.path.join(model_dir, artifacts.CONFIG_FILE),
     )
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+    if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
         _fail("export_dir", f"{export_dir} exists and is not a directory.")
     present = _versions(export_dir)
     if version is None:
@@ -185,7 +190,7 @@ def _check_arguments(model_dir, export_dir, version, classifier, labels, top_k):
         if labels is not None:
             _fail("labels", "labels name classes: it needs --classifier.")
         return run_config, version, None
-    if not os.path.isfile(classifier):
+    if not _is_file(classifier):
         _fail("classifier", f"no such file {classifier}.")
     if top_k < 1:
         _fail("top_k", f"must be >= 1, got {top_k}.")
@@ -395,17 +400,30 @@ def export(
         labels=names,
         top_k=top_k,
     )
-    staging = os.path.join(export_dir, f".staging-{version}")
-    shutil.rmtree(staging, ignore_errors=True)
-    tf.saved_model.save(module, staging, signatures=module.signatures())
+    destination = os.path.join(export_dir, str(version))
+    # A local version is written beside its place and renamed into it
+    # (atomic). Object stores (`gs://`, `ram://`) have no directory rename:
+    # the version is written in place, the `.keras` copies first;
+    # `tf.saved_model.save` writes `saved_model.pb` after the variables,
+    # and TF Serving loads a version only once that file exists.
+    local = "://" not in destination
+    target = os.path.join(export_dir, f".staging-{version}")
+    if not local:
+        target = destination
+    if tf.io.gfile.exists(target):
+        tf.io.gfile.rmtree(target)
+    tf.io.gfile.makedirs(target)
     for name in (
         artifacts.ENCODER_FILE,
         artifacts.BACKBONE_FILE,
         artifacts.CONFIG_FILE,
     ):
-        shutil.copy(os.path.join(model_dir, name), staging)
-    destination = os.path.join(export_dir, str(version))
-    os.rename(staging, destination)
+        tf.io.gfile.copy(
+            os.path.join(model_dir, name), os.path.join(target, name)
+        )
+    tf.saved_model.save(module, target, signatures=module.signatures())
+    if local:
+        tf.io.gfile.rename(target, destination)
     return destination
 
 
@@ -439,22 +457,19 @@ def define_flags():
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise FlagError(f"Unexpected arguments: {argv[1:]}")
     values = flags.FLAGS
-    try:
-        path = export(
-            values.model_dir,
-            values.export_dir,
-            version=values.version,
-            classifier=values.classifier,
-            labels=values.labels,
-            top_k=values.top_k,
-        )
-    except ExportArgumentError as error:
-        raise app.UsageError(str(error)) from error
+    path = export(
+        values.model_dir,
+        values.export_dir,
+        version=values.version,
+        classifier=values.classifier,
+        labels=values.labels,
+        top_k=values.top_k,
+    )
     print(f"Exported to {path}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(runtime.entry_point(main))

@@ -10,30 +10,36 @@ a residual classifier: `--classifier_blocks` bottleneck blocks of width
 pool, dropout and a linear layer. The data pipeline is the supervised
 baseline's (Inception crop, augmentation steps 1-4).
 
-Phase 1 (`--phase1_steps`, in `model_dir/phase1`) trains the classifier
-on frozen features with `--optimizer` (SGD by default). Phase 2
-(`--phase2_steps`, in `model_dir/phase2`) fine-tunes everything in one
-train step with two optimizers on disjoint variables: the classifier with
-a fresh `--optimizer`, the encoder with Adam at `--encoder_learning_rate`
-(betas and epsilon of the pretraining run). Each phase checkpoints and
-resumes on its own. `--search` (with `--holdout`) searches the
-classifier's hyperparameters as `cpc_tf.supervised` does, each trial
-being both phases; see that module for the distributed search.
+Phase 1 (`--phase1_epochs` of the labelled subset, in `model_dir/phase1`)
+trains the classifier on frozen features with `--optimizer` (SGD, cosine
+schedule). Phase 2 (`--phase2_epochs`, in `model_dir/phase2`) starts from
+phase 1's best validation point and fine-tunes everything in one train
+step with two optimizers on disjoint variables: the classifier with a
+fresh `--optimizer`, the encoder with Adam at `--encoder_learning_rate`
+(betas and epsilon of the pretraining run); each group's gradient is
+clipped on its own when `--clip_global_norm` is set. Each phase keeps its
+best validation evaluation, checkpoints and resumes on its own.
+`--search` (with validation images) searches the classifier's
+hyperparameters as `cpc_tf.supervised` does, each trial being phase 1
+only (the classifier on frozen features); the best trial's classifier then
+goes through phase 2. See `cpc_tf.supervised` for the distributed search.
 
 `model_dir` receives `classifier.keras` (images `[B, S, S, 3]` -> logits)
 and `results.json`.
 """
 
 import dataclasses
+import math
 import os
 
 import keras
 from absl import app
 
-from cpc_tf import artifacts, distribute, evaluation
+from cpc_tf import artifacts, distribute, evaluation, runtime, splits
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import DataConfig, OptimConfig, RunConfig
-from cpc_tf.optimizers import make_optimizer
+from cpc_tf.evaluation import search
+from cpc_tf.optimizers import l2_strength, make_optimizer
 
 # This protocol's defaults for the shared flags (appendix C.2).
 FLAG_DEFAULTS = dict(
@@ -43,6 +49,7 @@ FLAG_DEFAULTS = dict(
     weight_decay=1e-4,
     clip_global_norm=0.0,
     ema_decay=0.0,
+    lr_schedule="cosine",
     image_size=224,
     batch_size=512,
     model_dir="runs/finetune",
@@ -59,6 +66,22 @@ def encoder_optim(config, pretrained):
         lr_schedule=config.optim.lr_schedule,
         warmup_steps=config.optim.warmup_steps,
     )
+
+
+def phase_steps(config, phase, num_train):
+    """Steps of phase 1 or 2: `--phaseN_steps`, else `--phaseN_epochs` of
+    the labelled subset, at least `--min_steps` (0: the phase is off)."""
+    options, run = config.options, config.run
+    steps = getattr(options, f"phase{phase}_steps")
+    epochs = getattr(options, f"phase{phase}_epochs")
+    if steps or not epochs:
+        return steps
+    if not num_train:
+        raise evaluation.FlagError(
+            f"--phase{phase}_epochs needs the number of training examples, "
+            f"which this source does not report; set --phase{phase}_steps."
+        )
+    return max(1, run.min_steps, math.ceil(epochs * num_train / run.batch_size))
 
 
 def build_model(config, pretrained, num_classes):
@@ -82,13 +105,37 @@ def build_model(config, pretrained, num_classes):
     return model, backbone, head
 
 
+def _phase_one_only(config):
+    options = dataclasses.replace(
+        config.options, phase2_steps=0, phase2_epochs=0.0
+    )
+    return dataclasses.replace(config, options=options)
+
+
+def _search_phase_one(config, strategy, inputs, verbose):
+    """Appendix C.2's search: trials train the classifier on frozen
+    features (phase 1), scored on validation; the best trial's
+    hyperparameters and weights go on to phase 2. Returns `(config with
+    the best values, search record)` or `(None, None)` in a worker."""
+    record = search.search_best(_phase_one_only(config), run, strategy, verbose)
+    if record is None:
+        return None, None
+    best = evaluation.with_hyperparameters(
+        config,
+        record["best_values"],
+        strategy.num_replicas_in_sync,
+        config.run.model_dir,
+    )
+    return best, record
+
+
 def run(config, strategy=None, test=True, verbose=True):
     """Runs both phases and tests (or searches, with `--search`).
 
     Args:
         config: a `evaluation.FinetuneConfig`.
         strategy: a `tf.distribute` strategy (default: `--strategy`).
-        test: evaluate on `--eval_data`.
+        test: evaluate on the test set.
         verbose: progress bars.
 
     Returns:
@@ -99,52 +146,72 @@ def run(config, strategy=None, test=True, verbose=True):
         options.pretrained_dir, artifacts.BACKBONE_FILE, options.random_init
     )
     num_classes = evaluation.num_classes(data)
-    if strategy is None:
-        strategy = distribute.make_strategy(run_config.strategy, run_config.tpu)
-    distribute.check_batch_size(strategy, run_config.batch_size)
-    os.makedirs(run_config.model_dir, exist_ok=True)
+    model_dir = runtime.prepare_model_dir(run_config.model_dir)
+    is_chief = distribute.cluster_task(strategy)[2]
+    pretrain_summary = evaluation.read_pretrain_summary(options.pretrained_dir)
     inputs = evaluation.Inputs(data, patches=False, augment=options.augment)
-    if config.search.search:
-        return evaluation.search_and_test(
-            config, run, strategy, inputs, verbose
+    with runtime.session(run_config, strategy) as strategy:
+        search_record = None
+        if config.search.search:
+            config, search_record = _search_phase_one(
+                config, strategy, inputs, verbose
+            )
+            if config is None:
+                return None
+            options = config.options
+        split = splits.label_split(
+            data, run_config.seed, data.subset_dir or model_dir, write=is_chief
         )
-    split = evaluation.label_split(
-        data, run_config.seed, data.subset_dir or run_config.model_dir
-    )
+        batch = options.eval_batch_size or config.run.batch_size
+        validation_fn = evaluation.validation_fn(inputs, data, split, batch)
+        phase1 = phase_steps(config, 1, split.num_train)
+        phase2 = phase_steps(config, 2, split.num_train)
+        if search_record is not None:
+            phase1 = 0
+        summary = dict(steps=phase1 + phase2)
 
-    def train_phase(task, steps, name, step_offset):
-        return evaluation.train(
-            strategy,
-            task,
-            config,
-            steps,
-            inputs,
-            split.train_ids,
-            model_dir=os.path.join(run_config.model_dir, name),
-            step_offset=step_offset,
-            verbose=verbose,
-        )
+        def train_phase(task, steps, name, step_offset):
+            return evaluation.train(
+                strategy,
+                task,
+                config,
+                steps,
+                inputs,
+                split,
+                model_dir=os.path.join(model_dir, name),
+                step_offset=step_offset,
+                verbose=verbose,
+                validation_fn=validation_fn,
+            )
 
-    keras.utils.set_random_seed(run_config.seed)
-    keras.mixed_precision.set_dtype_policy(
-        "mixed_bfloat16" if run_config.mixed_precision else "float32"
-    )
-    summary = dict(steps=options.phase1_steps + options.phase2_steps)
-    try:
         with strategy.scope():
             model, backbone, head = build_model(config, pretrained, num_classes)
-        if options.phase1_steps:
-            with strategy.scope():
-                optimizer = make_optimizer(config.optim, options.phase1_steps)
-            task = evaluation.ClassifierTask(model, backbone, head, optimizer)
-            loop, summary["phase1"] = train_phase(
-                task, options.phase1_steps, "phase1", 0
+        if search_record is not None:
+            best = keras.saving.load_model(
+                os.path.join(
+                    search_record["best_dir"], evaluation.CLASSIFIER_FILE
+                ),
+                compile=False,
             )
-        if options.phase2_steps:
+            model.set_weights(best.get_weights())
+        l2 = l2_strength(config.optim)
+        precision = config.run.mixed_precision
+        if phase1:
             with strategy.scope():
-                optimizer = make_optimizer(config.optim, options.phase2_steps)
+                optimizer = make_optimizer(config.optim, phase1, precision)
+            task = evaluation.ClassifierTask(
+                model, backbone, head, optimizer, l2=l2
+            )
+            loop, summary["phase1"], selection = train_phase(
+                task, phase1, "phase1", 0
+            )
+            if phase2 and selection is not None:
+                selection.restore()
+        if phase2:
+            with strategy.scope():
+                optimizer = make_optimizer(config.optim, phase2, precision)
                 encoder_optimizer = make_optimizer(
-                    encoder_optim(config, pretrained), options.phase2_steps
+                    encoder_optim(config, pretrained), phase2, precision
                 )
             task = evaluation.ClassifierTask(
                 model,
@@ -153,10 +220,14 @@ def run(config, strategy=None, test=True, verbose=True):
                 optimizer,
                 train_encoder=True,
                 encoder_optimizer=encoder_optimizer,
+                l2=l2,
             )
-            loop, summary["phase2"] = train_phase(
-                task, options.phase2_steps, "phase2", options.phase1_steps
+            loop, summary["phase2"], selection = train_phase(
+                task, phase2, "phase2", phase1
             )
+        extra = evaluation.pretrained_results("finetune", options)
+        if search_record is not None:
+            extra["search"] = search_record
         return evaluation.finish(
             loop,
             strategy,
@@ -165,28 +236,31 @@ def run(config, strategy=None, test=True, verbose=True):
             config,
             split,
             summary,
-            evaluation.pretrained_results("finetune", options),
+            extra,
             test=test,
+            selection=selection,
+            pretrain_summary=pretrain_summary,
         )
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
 
 
 def parse_config(flag_values=cpc_flags.FLAGS):
-    """The config of parsed flags; a bad flag raises `app.UsageError`."""
-    return evaluation.parse_whole_image_config(
+    """The config of parsed flags (a bad one raises `FlagError`)."""
+    return cpc_flags.whole_image_config(
         flag_values, "finetune", evaluation.FinetuneConfig
     )
 
 
 def main(argv):
     del argv
-    evaluation.run_main(run, parse_config())
+    config = parse_config()
+    results = run(config)
+    if results is not None:
+        print(evaluation.dump(results), "->", config.run.model_dir)
 
 
 def define_flags(flag_values=cpc_flags.FLAGS):
     """Defines this entry point's flags with its defaults."""
-    evaluation.define_protocol_flags(
+    cpc_flags.define_protocol_flags(
         flag_values,
         FLAG_DEFAULTS,
         DataConfig,
@@ -199,4 +273,4 @@ def define_flags(flag_values=cpc_flags.FLAGS):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(runtime.entry_point(main))

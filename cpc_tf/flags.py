@@ -7,7 +7,9 @@ of the same name, with its help text prefixed by the config group, so
 
 import dataclasses
 
-from absl import app, flags
+from absl import flags
+
+from cpc_tf.config import FlagError
 
 FLAGS = flags.FLAGS
 
@@ -59,8 +61,9 @@ def _convert(field, value):
 def config_from_flags(cls, flag_values=FLAGS):
     """Builds `cls` (nested dataclasses allowed) from parsed flags.
 
-    A `ValueError` from validation becomes an `app.UsageError`, so a bad
-    flag ends the program with its message before any compute.
+    Validation raises `config.FlagError` naming the flag; entry points
+    (`runtime.entry_point`) end the program with its one-line message
+    before any compute.
     """
     kwargs = {}
     for field in dataclasses.fields(cls):
@@ -68,7 +71,34 @@ def config_from_flags(cls, flag_values=FLAGS):
             kwargs[field.name] = config_from_flags(field.type, flag_values)
         else:
             kwargs[field.name] = _convert(field, flag_values[field.name].value)
-    try:
-        return cls(**kwargs)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
+    return cls(**kwargs)
+
+
+def define_protocol_flags(flag_values, defaults, *config_classes):
+    """Defines an evaluation entry point's flags with its `defaults`."""
+    define_config_flags(*config_classes, flag_values=flag_values)
+    for name, value in defaults.items():
+        flag_values.set_default(name, value)
+
+
+def whole_image_config(flag_values, program, config_class):
+    """`config_class` of parsed flags for a whole-image protocol.
+
+    Such a protocol reads `--image_size` only: `--crop_size`,
+    `--patch_size` and `--patch_stride` take the image side (one patch, so
+    `DataConfig` validates), and giving one of them is an error.
+    """
+    for name in ("crop_size", "patch_size", "patch_stride"):
+        if flag_values[name].present:
+            raise FlagError(
+                f"--{name}: {program} trains on whole images of "
+                "--image_size; the patch geometry does not apply."
+            )
+        flag_values[name].value = flag_values.image_size
+    return config_from_flags(config_class, flag_values)
+
+
+def geometry_given(flag_values):
+    """The patch-geometry flags given on the command line."""
+    names = ("image_size", "crop_size", "patch_size", "patch_stride")
+    return [name for name in names if flag_values[name].present]

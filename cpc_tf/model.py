@@ -4,8 +4,12 @@
 of float32 scalars: `loss_<direction>` (InfoNCE summed over the predicted
 offsets, as in the appendix pseudocode) and `accuracy_<direction>` (top-1
 accuracy of the positive, averaged over offsets). Training sums the losses
-over directions, so plain `model.compile(optimizer)` + `model.fit(patches)`
-trains it; `model.encoder` is the patch encoder alone.
+over directions: `model.compile(optimizer, clip_global_norm=0.01,
+ema_decay=0.9999)` + `model.fit(patches)` trains it exactly as
+`cpc_tf.pretrain` does, because `train_step` runs the trainer's step
+(`cpc_tf.tasks.keras_train_step`, TensorFlow backend): one all-reduce,
+the clip of the summed gradient, the update and the Polyak average.
+`model.encoder` is the patch encoder alone.
 
 Each direction has its own head (context network, target projection and one
 predictor per offset) unless `share_context=True`, in which case one head
@@ -140,35 +144,68 @@ class CPC(keras.Model):
             self.predictors[index * per_head : (index + 1) * per_head],
         )
 
-    def cpc_terms(self, latents, gather=None):
-        """Per-direction loss and accuracy from `[B, gh, gw, D]` latents.
+    def cpc_outputs(self, latents):
+        """Every direction's targets and per-offset predictions.
 
-        `gather`, if given, maps this replica's `[B, ...]` predictions and
-        targets to the whole global batch's (`distribute.gather_batch`):
-        every replica's targets become negatives (`--negatives=global`).
+        Returns:
+            `(targets, preds)`: a list of `[B, gh', gw', target_dim]` per
+            direction (in the direction's rotated frame) and a list per
+            direction of one prediction tensor per offset.
         """
-        terms = {}
+        targets, preds = [], []
         for direction in self.directions:
             context_net, target_net, predictors = self._head(direction)
             grid = rotate_to_down(latents, direction)
             context = context_net(grid)
-            targets = target_net(grid)
-            if gather is not None:
-                targets = gather(targets)
+            targets.append(target_net(grid))
+            preds.append([p(context) * self.emb_scale for p in predictors])
+        return targets, preds
+
+    def flat_outputs(self, targets, preds):
+        """`cpc_outputs` as one list (targets first)."""
+        return targets + [p for group in preds for p in group]
+
+    def unflatten_outputs(self, flat):
+        """The inverse of `flat_outputs`."""
+        count, heads = len(self.offsets), len(self.directions)
+        targets, rest = flat[:heads], flat[heads:]
+        preds = [rest[i * count : (i + 1) * count] for i in range(heads)]
+        return targets, preds
+
+    def cpc_losses(self, targets, preds):
+        """Per-direction InfoNCE loss and accuracy of `cpc_outputs`."""
+        terms = {}
+        for direction, direction_targets, direction_preds in zip(
+            self.directions, targets, preds
+        ):
             loss = ops.zeros((), "float32")
             accuracy = ops.zeros((), "float32")
-            for offset, predictor in zip(self.offsets, predictors):
-                preds = predictor(context) * self.emb_scale
-                if gather is not None:
-                    preds = gather(preds)
+            for offset, offset_preds in zip(self.offsets, direction_preds):
                 term_loss, term_accuracy = losses.info_nce_terms(
-                    preds, targets, offset, chunk_size=self.loss_chunk_size
+                    offset_preds,
+                    direction_targets,
+                    offset,
+                    chunk_size=self.loss_chunk_size,
                 )
                 loss += term_loss
                 accuracy += term_accuracy
             terms[f"loss_{direction}"] = loss
             terms[f"accuracy_{direction}"] = accuracy / len(self.offsets)
         return terms
+
+    def cpc_terms(self, latents, gather=None):
+        """Per-direction loss and accuracy from `[B, gh, gw, D]` latents.
+
+        `gather`, if given, maps a list of this replica's `[B, ...]`
+        tensors to the whole global batch's (`distribute.gather_batch`):
+        every replica's targets become negatives (`--negatives=global`).
+        It is called once, with every direction's targets and predictions.
+        """
+        targets, preds = self.cpc_outputs(latents)
+        if gather is not None:
+            flat = gather(self.flat_outputs(targets, preds))
+            targets, preds = self.unflatten_outputs(flat)
+        return self.cpc_losses(targets, preds)
 
     def call(self, patches, training=None):
         return self.cpc_terms(self.encoder(patches, training=training))
@@ -181,6 +218,39 @@ class CPC(keras.Model):
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         return self.total_loss(y_pred) + sum(self.losses)
+
+    def compile(
+        self,
+        optimizer="adam",
+        clip_global_norm=0.0,
+        ema_decay=0.0,
+        negatives="local",
+        **kwargs,
+    ):
+        """Keras `compile` with the paper's training options.
+
+        Args:
+            optimizer: a Keras optimizer (or its name).
+            clip_global_norm: clip the global norm of the gradient summed
+                over replicas (the paper: 0.01; 0 = off).
+            ema_decay: Polyak averaging of the weights with warm-up (the
+                paper: 0.9999; 0 = off); `model.polyak.swapped()` puts the
+                averages into the weights. Build the model first.
+            negatives: "local" (this replica's batch) or "global" (every
+                replica's targets).
+            **kwargs: for `keras.Model.compile` (e.g. `steps_per_execution`).
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        from cpc_tf import tasks
+
+        tasks.prepare_keras_training(
+            self, clip_global_norm, ema_decay, negatives
+        )
+
+    def train_step(self, data):
+        from cpc_tf import tasks
+
+        return tasks.keras_train_step(self, data)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for name, tracker in self.trackers.items():

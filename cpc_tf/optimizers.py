@@ -2,6 +2,10 @@
 
 import keras
 
+# Keras matches these against variable names: everything but kernels
+# (normalization scales and offsets, biases) is excluded from decay.
+_NOT_KERNELS = ["^(?!kernel$)"]
+
 
 def learning_rate_schedule(optim, total_steps):
     """The learning rate: a float (constant) or a Keras schedule.
@@ -21,22 +25,39 @@ def learning_rate_schedule(optim, total_steps):
     )
 
 
-def make_optimizer(optim, total_steps):
+def l2_strength(optim):
+    """The L2 penalty strength a task adds to its loss (0 when decay is
+    decoupled or off)."""
+    return optim.weight_decay if optim.weight_decay_type == "l2" else 0.0
+
+
+def make_optimizer(optim, total_steps, precision="float32"):
     """Adam (appendix A) or SGD with the configured schedule.
 
     No clipping is set on the optimizer: the trainer clips the aggregated
-    gradient (see `distribute.aggregate_and_clip`).
+    gradient (see `distribute.apply_gradients`). Decoupled weight decay
+    (`--weight_decay_type=decoupled`) spares normalization parameters and
+    biases; the default L2 penalty is the task's (`l2_strength`). With
+    `precision="float16"` the optimizer is wrapped in Keras's
+    `LossScaleOptimizer` (dynamic loss scaling).
     """
     learning_rate = learning_rate_schedule(optim, total_steps)
-    weight_decay = optim.weight_decay or None
+    decoupled = optim.weight_decay_type == "decoupled" and optim.weight_decay
+    weight_decay = optim.weight_decay if decoupled else None
     if optim.optimizer == "sgd":
-        return keras.optimizers.SGD(
+        optimizer = keras.optimizers.SGD(
             learning_rate, momentum=optim.beta1, weight_decay=weight_decay
         )
-    return keras.optimizers.Adam(
-        learning_rate,
-        beta_1=optim.beta1,
-        beta_2=optim.beta2,
-        epsilon=optim.epsilon,
-        weight_decay=weight_decay,
-    )
+    else:
+        optimizer = keras.optimizers.Adam(
+            learning_rate,
+            beta_1=optim.beta1,
+            beta_2=optim.beta2,
+            epsilon=optim.epsilon,
+            weight_decay=weight_decay,
+        )
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=_NOT_KERNELS)
+    if precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

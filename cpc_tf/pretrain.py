@@ -1,79 +1,44 @@
 """CPC v2 pretraining: `python -m cpc_tf.pretrain --flagfile=flags/v2.cfg`.
 
-Parses flags into a `config.PretrainConfig`, checks the data source, builds
-the model under the chosen `tf.distribute` strategy and hands a `CPCTask`
-to the shared `trainer.Trainer`. The model directory ends up holding
-`config.json`, checkpoints, TensorBoard logs, the final encoder (`.keras`,
-Polyak-averaged weights by default) and `summary.json`.
+Parses flags into a `config.PretrainConfig`, checks the data source and
+the model directory, builds the model under the chosen `tf.distribute`
+strategy and hands a `CPCTask` to the shared `trainer.Trainer`. The
+`--holdout` images of `--train_data` are never read (their ids go to a
+file in the model directory, named in `summary.json`). With
+`--knn_every`, a k-NN monitor scores the Polyak-averaged encoder on them.
+The model directory ends up holding `config.json`, the hold-out file,
+checkpoints, TensorBoard logs, the final encoder (`.keras`, Polyak-averaged
+weights by default) and `summary.json`. Only the chief writes it.
 """
 
-import math
 import os
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, logging
 
-from cpc_tf import artifacts, distribute, encoders, trainer
+from cpc_tf import (
+    artifacts,
+    builders,
+    distribute,
+    preemption,
+    runtime,
+    splits,
+    trainer,
+)
 from cpc_tf.config import (
     DataConfig,
+    KnnConfig,
     ModelConfig,
     OptimConfig,
     PretrainConfig,
     RunConfig,
 )
-from cpc_tf.data import augment as augment_lib
-from cpc_tf.data import pipeline, sources
-from cpc_tf.model import CPC
+from cpc_tf.data import pipeline, sources, subsets
+from cpc_tf.evaluation import monitor
 from cpc_tf.optimizers import make_optimizer
 from cpc_tf.tasks import CPCTask
-
-
-def augment_config(data):
-    """The `AugmentConfig` of the appendix's steps 1-4 from `DataConfig`."""
-    return augment_lib.AugmentConfig(
-        randaugment=data.randaugment,
-        randaugment_num_ops=data.randaugment_num_ops,
-        randaugment_magnitude=data.randaugment_magnitude,
-        elastic_shear_prob=data.elastic_shear_prob,
-        color_histogram_prob=data.color_histogram_prob,
-        color_jitter_prob=data.color_jitter_prob,
-        grayscale_prob=data.grayscale_prob,
-    )
-
-
-def build_backbone(model_config, norm=None):
-    """The ResNet-v2 of `model_config` (optionally another normalization)."""
-    kwargs = model_config.backbone_kwargs()
-    if norm is not None:
-        kwargs["norm"] = norm
-    return encoders.resnet_v2(name="backbone", **kwargs)
-
-
-def build_cpc_model(config):
-    """A built `CPC` model for `config` (a `PretrainConfig`)."""
-    data = config.data
-    model = CPC(
-        encoders.PatchEncoder(build_backbone(config.model), name="encoder"),
-        **config.model.cpc_kwargs(),
-    )
-    grid = data.grid_size
-    model.build((None, grid, grid, data.patch_size, data.patch_size, 3))
-    return model
-
-
-def total_steps(run, num_examples):
-    """`run.steps`, or the steps of `run.epochs` over `num_examples`."""
-    if run.steps:
-        return run.steps
-    if not num_examples:
-        raise ValueError(
-            "--epochs needs the number of training examples, which this "
-            "source does not report; set --steps instead."
-        )
-    return max(1, math.ceil(run.epochs * num_examples / run.batch_size))
 
 
 def patch_mosaic(patches):
@@ -91,34 +56,7 @@ def patch_mosaic(patches):
     return mosaic[None]
 
 
-def _dataset_fn(config, steps_done):
-    data, run = config.data, config.run
-    augment = augment_config(data)
-
-    def dataset_fn(input_context):
-        batch = input_context.get_per_replica_batch_size(run.batch_size)
-        dataset, info = pipeline.pretrain_dataset(
-            data.train_data,
-            batch_size=batch,
-            training=True,
-            image_size=data.image_size,
-            crop_size=data.crop_size,
-            patch_size=data.patch_size,
-            patch_stride=data.patch_stride,
-            augment=augment,
-            seed=run.seed + 1009 * steps_done(),
-            data_dir=data.data_dir or None,
-            input_context=input_context,
-            shuffle_buffer=data.shuffle_buffer,
-        )
-        dataset_fn.infos.append(info)
-        return dataset.map(lambda patches, labels: patches)
-
-    dataset_fn.infos = []
-    return dataset_fn
-
-
-def _log_sample_patches(config, writer):
+def _log_sample_patches(config, writer, ids):
     data = config.data
     sample, _ = pipeline.pretrain_dataset(
         data.train_data,
@@ -128,9 +66,10 @@ def _log_sample_patches(config, writer):
         crop_size=data.crop_size,
         patch_size=data.patch_size,
         patch_stride=data.patch_stride,
-        augment=augment_config(data),
+        augment=builders.augment_config(data),
         seed=config.run.seed,
         data_dir=data.data_dir or None,
+        label_subset=None if ids is None else ids[:64],
         shuffle_buffer=1,
     )
     patches, _ = next(iter(sample))
@@ -140,79 +79,105 @@ def _log_sample_patches(config, writer):
         )
 
 
-def run(config, verbose=True):
+def _knn_queries(data, model_dir, ids, record, write):
+    """Indices of `--train_data` the k-NN monitor queries: the validation
+    images (with `--validation`), else the hold-out; None: `--eval_data`."""
+    if not record["holdout"]:
+        return None
+    if data.validation:
+        labels = sources.source_labels(
+            data.train_data, data_dir=data.data_dir or None
+        )
+        return splits.validation_split(data, model_dir, labels, ids, write)[0]
+    return subsets.load_subset(record["holdout"]["file"])
+
+
+def _knn_hooks(config, loop, model, ids, record, verbose):
+    knn_config = config.knn
+    if not knn_config.knn_every:
+        return []
+    queries = _knn_queries(
+        config.data, config.run.model_dir, ids, record, loop.is_chief()
+    )
+    planned = monitor.plan(config.data, knn_config, ids, queries)
+    if isinstance(planned, str):
+        if verbose:
+            print(planned)
+        return []
+    function = monitor.KnnMonitor(
+        loop,
+        model.encoder,
+        config.data,
+        knn_config,
+        *planned,
+        batch_size=config.run.batch_size,
+        use_ema=config.run.use_ema,
+    )
+    return [trainer.Hook(knn_config.knn_every, function)]
+
+
+def run(config, verbose=True, strategy=None):
     """Pretrains CPC as `config` says; returns the summary dict."""
-    run_config = config.run
-    _, info = sources.load_source(
-        config.data.train_data, data_dir=config.data.data_dir or None
-    )
-    steps = total_steps(run_config, info.num_examples)
-    os.makedirs(run_config.model_dir, exist_ok=True)
-    strategy = distribute.make_strategy(run_config.strategy, run_config.tpu)
-    distribute.check_batch_size(strategy, run_config.batch_size)
-    config.to_json(os.path.join(run_config.model_dir, artifacts.CONFIG_FILE))
-    keras.utils.set_random_seed(run_config.seed)
-    keras.mixed_precision.set_dtype_policy(
-        "mixed_bfloat16" if run_config.mixed_precision else "float32"
-    )
-    try:
+    data, run_config = config.data, config.run
+    runtime.check_sources(data, eval_data=bool(config.knn.knn_every))
+    model_dir = runtime.prepare_model_dir(run_config.model_dir)
+    _, _, is_chief, workers = distribute.cluster_task(strategy)
+    ids, record = splits.pretraining_ids(data, model_dir, write=is_chief)
+    steps = builders.total_steps(run_config, record["train_examples"])
+    preemption.check(workers)
+    with runtime.session(run_config, strategy) as strategy:
+        if is_chief:
+            config.to_json(os.path.join(model_dir, artifacts.CONFIG_FILE))
         with strategy.scope():
-            model = build_cpc_model(config)
-            optimizer = make_optimizer(config.optim, steps)
+            model = builders.build_cpc_model(config)
+            optimizer = make_optimizer(
+                config.optim, steps, run_config.mixed_precision
+            )
         task = CPCTask(model, optimizer, run_config.negatives)
         loop = trainer.Trainer(
             strategy,
             task,
-            trainer.TrainerOptions(
-                model_dir=run_config.model_dir,
-                steps=steps,
-                clip_global_norm=config.optim.clip_global_norm,
-                ema_decay=config.optim.ema_decay,
-                checkpoint_every=run_config.checkpoint_every,
-                keep_checkpoints=run_config.keep_checkpoints,
-                log_every=run_config.log_every,
-                jit_compile=run_config.jit_compile,
-                verbose=verbose,
-                images_per_step=run_config.batch_size,
+            builders.trainer_options(
+                run_config, config.optim, steps, verbose=verbose
             ),
         )
-        if loop.restore() == 0 and loop.is_chief():
-            _log_sample_patches(config, loop.writer())
-        dataset_fn = _dataset_fn(config, lambda: int(loop.step.numpy()))
+        if loop.restore() == 0 and is_chief:
+            _log_sample_patches(config, loop.writer(), ids)
+        preemption.check(workers)
+        hooks = _knn_hooks(config, loop, model, ids, record, verbose)
+        dataset_fn = builders.pretrain_dataset_fn(
+            data, run_config, lambda: int(loop.step.numpy()), ids
+        )
         wall_start = time.perf_counter()
-        result = loop.fit(dataset_fn)
+        result = loop.fit(dataset_fn, hooks=hooks)
         if result["stopped_early"]:
             return dict(result, preempted=True)
-        summary_path = os.path.join(
-            run_config.model_dir, artifacts.SUMMARY_FILE
-        )
-        if result["start_step"] == steps and os.path.exists(summary_path):
+        summary_path = os.path.join(model_dir, artifacts.SUMMARY_FILE)
+        if result["start_step"] == steps and tf.io.gfile.exists(summary_path):
             # Finished by an earlier invocation: its summary and encoder
             # stand (rewriting them would lose the losses and cost time).
             return artifacts.read_json(summary_path)
-        grid = config.data.grid_size
-        patch = config.data.patch_size
-        if loop.is_chief():
+        if is_chief:
+            grid, patch = data.grid_size, data.patch_size
             with loop.evaluation_weights(run_config.use_ema):
                 artifacts.save_encoder(
-                    run_config.model_dir,
-                    model.encoder,
-                    (grid, grid, patch, patch, 3),
+                    model_dir, model.encoder, (grid, grid, patch, patch, 3)
                 )
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
     accuracies = [
         v for k, v in result["metrics"].items() if k.startswith("accuracy")
     ]
+    knn_history = result["history"].get("knn_top1", [])
     summary = dict(
         result,
+        **record,
         accuracy=float(np.mean(accuracies)) if accuracies else None,
+        knn_top1=knn_history[-1][1] if knn_history else None,
         wall_seconds=time.perf_counter() - wall_start,
         skipped_images=sum(i.skipped.value() for i in dataset_fn.infos),
         parameters=model.encoder.count_params(),
         replicas=strategy.num_replicas_in_sync,
     )
-    if loop.is_chief():
+    if is_chief:
         artifacts.write_json(summary_path, summary)
     return summary
 
@@ -222,10 +187,7 @@ def main(argv):
     from cpc_tf import flags as cpc_flags
 
     config = cpc_flags.config_from_flags(PretrainConfig)
-    try:
-        summary = run(config)
-    except sources.SourceError as error:
-        raise app.UsageError(str(error)) from error
+    summary = run(config)
     if summary.get("preempted"):
         print(
             f"preempted: checkpoint saved at step {summary['steps']}; run "
@@ -233,10 +195,12 @@ def main(argv):
         )
         return
     logging.info("Pretraining done: %s", summary)
+    knn = summary.get("knn_top1")
     print(
         f"steps {summary['steps']}  loss {summary['first_loss']} -> "
         f"{summary['last_loss']}  accuracy {summary['accuracy']}  "
-        f"{summary['images_per_s']:.1f} images/s  "
+        + (f"k-NN top-1 {knn:.4f}  " if knn is not None else "")
+        + f"{summary['images_per_s']:.1f} images/s  "
         f"skipped images {summary['skipped_images']}  "
         f"-> {config.run.model_dir}"
     )
@@ -246,10 +210,10 @@ def define_flags():
     from cpc_tf import flags as cpc_flags
 
     cpc_flags.define_config_flags(
-        DataConfig, ModelConfig, OptimConfig, RunConfig
+        DataConfig, ModelConfig, OptimConfig, RunConfig, KnnConfig
     )
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(runtime.entry_point(main))

@@ -1,234 +1,67 @@
 """The data-efficiency report: the paper's Figure 1 at small scale.
 
-    python -m cpc_tf.report --flagfile=flags/demo.cfg
-    python -m cpc_tf.report --flagfile=flags/cifar10.cfg \
-        --report_dir=runs/report_cifar10
+    python -m cpc_tf.report --flagfile=flags/report_demo.cfg
+    python -m cpc_tf.report --flagfile=flags/report_cifar10.cfg
 
-Runs the whole protocol: CPC pretraining with the given flags, then for
-each label fraction linear evaluation on the CPC features, the same probe
-on a randomly initialised encoder, fine-tuning of the CPC encoder, and the
-supervised baseline from scratch. Each stage is the ordinary entry point
-run as a subprocess with its flagfile (`--linear_flagfile`, ...) and the
-pretraining run's data flags, in its own directory under `--report_dir`;
-a stage whose `results.json` exists is not run again, so an interrupted
-report resumes where it stopped. After every stage it rewrites
-`report.json` (`complete` says whether every stage has finished),
-`report.md` (a table) and `report.png` (accuracy against label fraction).
+Pretrains CPC once with the given flags (the `--holdout` images excluded),
+then for each label fraction and each of `--seeds` seeds runs linear
+evaluation on the CPC features, the same probe on a randomly initialised
+encoder, fine-tuning of the CPC encoder, the supervised baseline from
+scratch and a logistic regression on raw pixels (`reporting.plan`). Each
+stage is the ordinary entry point run as a subprocess with its flagfile
+(`--linear_flagfile`, ...) and the pretraining run's data flags, in its
+own directory under `--report_dir`; a stage whose results exist is not
+run again, so an interrupted report resumes where it stopped. After every
+stage it rewrites `report.json`, `report.md` (mean ± std over seeds, the
+test set and whether pretraining saw it, the readout) and `report.png`
+(accuracy against label fraction with error bars), and `knn.png` (the
+k-NN monitor during pretraining).
 """
 
-import dataclasses
-import json
 import os
 import subprocess
 import sys
 import time
 
+import tensorflow as tf
 from absl import app, flags
 
-from cpc_tf import artifacts
+from cpc_tf import artifacts, reporting, runtime
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import (
     DataConfig,
+    FlagError,
+    KnnConfig,
     ModelConfig,
     OptimConfig,
     PretrainConfig,
     RunConfig,
 )
 
-METHODS = {
-    "linear_cpc": "Linear on CPC features",
-    "linear_random": "Linear on random encoder",
-    "finetune": "Fine-tuned CPC encoder",
-    "supervised": "Supervised from scratch",
-}
-RESULTS_FILE = "results.json"
-
-
-def config_flag_lines(config):
-    """`--name=value` lines for every field of a (nested) config."""
-    lines = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):
-            lines.extend(config_flag_lines(value))
-        elif isinstance(value, bool):
-            lines.append(f"--{field.name}={str(value).lower()}")
-        elif isinstance(value, tuple):
-            lines.append(f"--{field.name}={','.join(str(v) for v in value)}")
-        else:
-            lines.append(f"--{field.name}={value}")
-    return lines
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One run of an entry point."""
-
-    name: str
-    method: str
-    fraction: float
-    module: str
-    args: tuple
-
-    @property
-    def directory(self):
-        return self.args[-1].split("=", 1)[1]
-
-
-def plan(config, report_dir, fractions, flagfiles, overrides):
-    """The stages of a report, pretraining first.
-
-    Args:
-        config: the `PretrainConfig` of the CPC run.
-        report_dir: where every stage writes its own directory.
-        fractions: label fractions in percent.
-        flagfiles: dict method -> flagfile of its entry point.
-        overrides: dict method -> extra `--flag=value` arguments.
-    """
-    pretrain_dir = os.path.join(report_dir, "pretrain")
-    data = config.data
-    shared = [
-        f"--train_data={data.train_data}",
-        f"--eval_data={data.eval_data}",
-        f"--data_dir={data.data_dir}",
-        f"--holdout={data.holdout}",
-        f"--seed={config.run.seed}",
-    ]
-    whole_image = [f"--image_size={data.crop_size}"]
-    stages = [
-        Stage(
-            "pretrain",
-            "pretrain",
-            100.0,
-            "cpc_tf.pretrain",
-            (
-                f"--flagfile={os.path.join(report_dir, 'pretrain.cfg')}",
-                f"--model_dir={pretrain_dir}",
-            ),
-        )
-    ]
-    modules = dict(
-        linear_cpc=("cpc_tf.linear_eval", []),
-        linear_random=("cpc_tf.linear_eval", ["--random_init"]),
-        finetune=("cpc_tf.finetune", whole_image),
-        supervised=("cpc_tf.supervised", whole_image),
-    )
-    for fraction in fractions:
-        for method, (module, extra) in modules.items():
-            name = f"{method}_{fraction:g}pct"
-            pretrained = (
-                []
-                if method == "supervised"
-                else [f"--pretrained_dir={pretrain_dir}"]
-            )
-            stages.append(
-                Stage(
-                    name,
-                    method,
-                    fraction,
-                    module,
-                    (
-                        f"--flagfile={flagfiles[method]}",
-                        *shared,
-                        *pretrained,
-                        *extra,
-                        *overrides.get(method, ()),
-                        f"--label_fraction={fraction:g}",
-                        f"--model_dir={os.path.join(report_dir, name)}",
-                    ),
-                )
-            )
-    return stages
-
-
-def stage_done(stage):
-    result = (
-        RESULTS_FILE if stage.method != "pretrain" else (artifacts.SUMMARY_FILE)
-    )
-    return os.path.exists(os.path.join(stage.directory, result))
-
 
 def run_stage(stage, log_path):
-    """Runs one stage's entry point; raises with its log tail on failure."""
+    """Runs one stage's entry point, its output streamed to `log_path`;
+    raises with the log's tail on failure."""
     command = [sys.executable, "-m", stage.module, *stage.args]
-    with open(log_path, "w") as log:
+    tail = []
+    with tf.io.gfile.GFile(log_path, "w") as log:
         log.write(" ".join(command) + "\n")
-        log.flush()
-        process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            tail = (tail + [line])[-40:]
+        process.wait()
     if process.returncode:
-        with open(log_path) as log:
-            tail = log.read()[-3000:]
         raise RuntimeError(
             f"Stage {stage.name} failed (exit {process.returncode}); its log "
-            f"is {log_path}:\n{tail}"
+            f"is {log_path}:\n{''.join(tail)}"
         )
-
-
-def collect(stages):
-    """report.json records from the finished stages' results files."""
-    records = []
-    for stage in stages:
-        if stage.method == "pretrain" or not stage_done(stage):
-            continue
-        with open(os.path.join(stage.directory, RESULTS_FILE)) as f:
-            results = json.load(f)
-        records.append(
-            dict(
-                method=stage.method,
-                label_fraction=stage.fraction,
-                top1=results["top1"],
-                top5=results.get("top5"),
-                labelled_examples=results.get("labelled_examples"),
-                directory=stage.directory,
-            )
-        )
-    return records
-
-
-def markdown_table(records, fractions):
-    """Top-1 accuracy (%) per method (rows) and label fraction (columns)."""
-    header = "| method | " + " | ".join(f"{f:g}% labels" for f in fractions)
-    lines = [header + " |", "| --- |" + " --- |" * len(fractions)]
-    for method, title in METHODS.items():
-        cells = []
-        for fraction in fractions:
-            match = [
-                r
-                for r in records
-                if r["method"] == method and r["label_fraction"] == fraction
-            ]
-            cells.append(f"{100 * match[0]['top1']:.1f}" if match else "-")
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(records, fractions, path, title):
-    """Top-1 accuracy against label fraction, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(6, 4))
-    for method, label in METHODS.items():
-        points = sorted(
-            (r["label_fraction"], 100 * r["top1"])
-            for r in records
-            if r["method"] == method
-        )
-        if points:
-            axes.plot(*zip(*points), marker="o", label=label)
-    axes.set_xscale("log")
-    axes.set_xticks(fractions, [f"{f:g}%" for f in fractions])
-    axes.set_xlabel("labelled training images")
-    axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_title(title, fontsize=10)
-    axes.grid(alpha=0.3)
-    if records:
-        axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
 
 
 def run_report(
@@ -237,43 +70,48 @@ def run_report(
     fractions,
     flagfiles,
     overrides,
+    seeds=1,
     verbose=True,
     run_stages=True,
 ):
     """Runs (or resumes) every stage and writes the report files.
 
     With `run_stages=False` it only writes the files from the stages that
-    have finished.
+    have finished. Returns `(report dict, markdown)`.
     """
-    os.makedirs(report_dir, exist_ok=True)
-    with open(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
-        f.write("\n".join(config_flag_lines(config)) + "\n")
-    stages = plan(config, report_dir, fractions, flagfiles, overrides)
+    tf.io.gfile.makedirs(report_dir)
+    with tf.io.gfile.GFile(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
+        f.write("\n".join(reporting.config_flag_lines(config)) + "\n")
+    stages = reporting.plan(
+        config, report_dir, fractions, flagfiles, overrides, seeds
+    )
     start = time.perf_counter()
     # Stage times accumulate over invocations (a resumed report keeps them).
     previous = os.path.join(report_dir, "report.json")
     timings = (
         artifacts.read_json(previous).get("stage_seconds", {})
-        if os.path.exists(previous)
+        if tf.io.gfile.exists(previous)
         else {}
     )
 
     def write_outputs():
         return _write_outputs(
-            config, report_dir, fractions, stages, timings, start
+            config, report_dir, fractions, stages, timings, start, seeds
         )
 
     for index, stage in enumerate(stages, 1):
         prefix = f"[{index}/{len(stages)}] {stage.name}"
-        if stage_done(stage) or not run_stages:
+        if reporting.stage_done(stage) or not run_stages:
             if verbose:
-                state = "done earlier" if stage_done(stage) else "not run"
+                state = (
+                    "done earlier" if reporting.stage_done(stage) else "not run"
+                )
                 print(f"{prefix}: {state}, skipped", flush=True)
             continue
         if verbose:
             print(f"{prefix}: running ...", flush=True)
         stage_start = time.perf_counter()
-        os.makedirs(stage.directory, exist_ok=True)
+        tf.io.gfile.makedirs(stage.directory)
         run_stage(stage, os.path.join(report_dir, f"{stage.name}.log"))
         timings[stage.name] = time.perf_counter() - stage_start
         if verbose:
@@ -285,38 +123,80 @@ def run_report(
     return write_outputs()
 
 
-def _write_outputs(config, report_dir, fractions, stages, timings, start):
-    """Writes report.json/.md/.png from the stages finished so far."""
-    records = collect(stages)
+def _write_outputs(
+    config, report_dir, fractions, stages, timings, start, seeds
+):
+    """Writes report.json/.md/.png (and knn.png) from the finished stages."""
+    records = reporting.collect(stages)
+    cells = reporting.aggregate(records)
+    readout = reporting.readout(cells, fractions)
+    summary_path = os.path.join(report_dir, "pretrain", artifacts.SUMMARY_FILE)
+    pretrain = (
+        artifacts.read_json(summary_path)
+        if tf.io.gfile.exists(summary_path)
+        else None
+    )
+    statement = reporting.test_set_statement(records, pretrain)
     report = dict(
         train_data=config.data.train_data,
         fractions=list(fractions),
+        seeds=seeds,
         complete=len(records) == len(stages) - 1,
         records=records,
+        cells=[
+            dict(method=method, label_fraction=fraction, **cell)
+            for (method, fraction), cell in sorted(cells.items())
+        ],
+        readout=readout,
+        test_set=statement,
+        pretraining=None
+        if pretrain is None
+        else dict(
+            steps=pretrain.get("steps"),
+            train_examples=pretrain.get("train_examples"),
+            holdout=pretrain.get("holdout"),
+            knn_top1=pretrain.get("history", {}).get("knn_top1"),
+            wall_seconds=pretrain.get("wall_seconds"),
+        ),
         stage_seconds=timings,
         stage_seconds_total=sum(timings.values()),
         seconds_this_invocation=time.perf_counter() - start,
     )
     artifacts.write_json(os.path.join(report_dir, "report.json"), report)
-    table = markdown_table(records, fractions)
-    with open(os.path.join(report_dir, "report.md"), "w") as f:
-        f.write(f"Top-1 accuracy (%) on {config.data.eval_data}\n\n{table}")
-    plot(
-        records,
+    table = reporting.markdown_table(cells, fractions)
+    seeds_note = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+    text = (
+        f"Top-1 accuracy (%), {seeds_note}.\n\n{statement}\n\n{table}\n"
+        f"Readout: {readout['sentence']}\n"
+    )
+    with tf.io.gfile.GFile(os.path.join(report_dir, "report.md"), "w") as f:
+        f.write(text)
+    reporting.plot(
+        cells,
         fractions,
         os.path.join(report_dir, "report.png"),
-        f"CPC v2 data efficiency\n{config.data.train_data}",
+        f"CPC v2 data efficiency ({seeds_note})\n{config.data.train_data}",
     )
-    return report, table
+    knn = (report["pretraining"] or {}).get("knn_top1")
+    if knn:
+        reporting.plot_knn(
+            knn,
+            os.path.join(report_dir, "knn.png"),
+            f"k-NN monitor during pretraining\n{config.data.train_data}",
+        )
+    return report, text
 
 
 def define_flags():
     cpc_flags.define_config_flags(
-        DataConfig, ModelConfig, OptimConfig, RunConfig
+        DataConfig, ModelConfig, OptimConfig, RunConfig, KnnConfig
     )
     flags.DEFINE_string("report_dir", "runs/report", "[report] Output.")
     flags.DEFINE_list(
         "fractions", ["1", "10", "100"], "[report] Label fractions (%)."
+    )
+    flags.DEFINE_integer(
+        "seeds", 1, "[report] Evaluation seeds per cell (mean ± std)."
     )
     flags.DEFINE_bool(
         "run_stages",
@@ -345,16 +225,21 @@ def main(argv):
     try:
         fractions = [float(f) for f in flag_values.fractions]
     except ValueError as error:
-        raise app.UsageError(f"--fractions: {error}") from error
+        raise FlagError(f"--fractions: {error}") from None
+    if flag_values.seeds < 1:
+        raise FlagError(f"--seeds: must be >= 1, got {flag_values.seeds}.")
+    linear = flag_values.linear_flagfile
     flagfiles = dict(
-        linear_cpc=flag_values.linear_flagfile,
-        linear_random=flag_values.linear_flagfile,
+        linear_cpc=linear,
+        linear_random=linear,
         finetune=flag_values.finetune_flagfile,
         supervised=flag_values.supervised_flagfile,
+        pixels=linear,
     )
-    for method, path in flagfiles.items():
-        if not os.path.exists(path):
-            raise app.UsageError(f"Flagfile {path} of {method} not found.")
+    for flag in ("linear", "finetune", "supervised"):
+        path = flag_values[f"{flag}_flagfile"].value
+        if not tf.io.gfile.exists(path):
+            raise FlagError(f"--{flag}_flagfile: {path} not found.")
 
     def extra(name):
         return [f"--{arg}" for arg in flag_values[f"{name}_args"].value]
@@ -364,18 +249,20 @@ def main(argv):
         linear_random=extra("linear"),
         finetune=extra("finetune"),
         supervised=extra("supervised"),
+        pixels=extra("linear"),
     )
-    _, table = run_report(
+    _, text = run_report(
         config,
         flag_values.report_dir,
         fractions,
         flagfiles,
         overrides,
+        seeds=flag_values.seeds,
         run_stages=flag_values.run_stages,
     )
-    print(table)
+    print(text)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(runtime.entry_point(main))

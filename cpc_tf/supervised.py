@@ -5,18 +5,21 @@
 A ResNet-v2 (`--encoder_depth` 50, 101, 152 or 200, batch normalization;
 `--encoder_depth=0` with the custom-encoder flags for a small one) with
 global average pooling, dropout and a linear classifier, trained with SGD
-(momentum `--beta1`, `--weight_decay`) on Inception random-sized crops of
-`--image_size` followed by augmentation steps 1-4 on the whole image.
-Evaluation resizes and centre-crops. The patch flags do not apply.
+(momentum `--beta1`, the L2 penalty `--weight_decay` on kernels, cosine
+schedule) for `--epochs` of the labelled subset (at least `--min_steps`)
+on Inception random-sized crops of `--image_size` followed by
+augmentation steps 1-4 on the whole image. Evaluation resizes and
+centre-crops. The patch flags do not apply. The weights of the best
+validation evaluation (every `--eval_every` steps) are the ones tested.
 
-With `--search` (needs `--holdout`), keras-tuner searches learning rate
-`--search_learning_rates`, weight decay (log-uniform in
+With `--search` (needs validation images), keras-tuner searches learning
+rate `--search_learning_rates`, weight decay (log-uniform in
 `--search_weight_decay`), dropout (`--search_dropout`) and per-worker
 batch (`--search_batch_sizes`) for `--search_trials` trials; each trial is
-a whole training run in `model_dir/search/trial_<id>/`, scored by
-its top-1 on the held-out examples. The best trial's classifier is then
-tested once on `--eval_data`. An interrupted search resumes. Run a label
-fraction per `model_dir`, as the paper searched per fraction.
+a whole training run in `model_dir/search/trial_<id>/`, scored by its
+top-1 on the validation images. The best trial's classifier is then
+tested once. An interrupted search resumes. Run a label fraction per
+`model_dir`, as the paper searched per fraction.
 
 Scaling the search out: keras-tuner's distributed mode. Start the same
 command (same `model_dir` on a shared file system) in several processes
@@ -30,16 +33,12 @@ its own `--strategy` (e.g. one accelerator per tuner).
 (images `[B, S, S, 3]` -> logits) and `results.json`.
 """
 
-import os
-
-import keras
 from absl import app
 
-from cpc_tf import distribute, evaluation
+from cpc_tf import builders, distribute, evaluation, runtime, splits
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import DataConfig, ModelConfig, OptimConfig, RunConfig
-from cpc_tf.optimizers import make_optimizer
-from cpc_tf.pretrain import build_backbone, total_steps
+from cpc_tf.optimizers import l2_strength, make_optimizer
 
 # This protocol's defaults for the shared flags (appendix C.1).
 FLAG_DEFAULTS = dict(
@@ -62,7 +61,7 @@ FLAG_DEFAULTS = dict(
 def build_model(config, num_classes):
     """`(classifier, backbone, head)` for a `SupervisedConfig`."""
     size = config.data.image_size
-    backbone = build_backbone(config.model)
+    backbone = builders.build_backbone(config.model)
     feature_shape = backbone.compute_output_shape((None, size, size, 3))[1:]
     head = evaluation.classifier_head(
         feature_shape, num_classes, dropout=config.options.dropout
@@ -76,56 +75,62 @@ def build_model(config, num_classes):
 def run(config, strategy=None, test=True, verbose=True):
     """Trains and tests the baseline (or searches, with `--search`).
 
+    Trains for `--epochs` of the labelled subset (at least `--min_steps`
+    steps, or exactly `--steps`) and tests the weights of the best
+    validation evaluation when there are validation images.
+
     Args:
         config: a `evaluation.SupervisedConfig`.
         strategy: a `tf.distribute` strategy (default: `--strategy`).
-        test: evaluate on `--eval_data`.
+        test: evaluate on the test set.
         verbose: progress bar.
 
     Returns:
         The results dict (None in a distributed search's worker).
     """
-    run_config = config.run
-    num_classes = evaluation.num_classes(config.data)
-    if strategy is None:
-        strategy = distribute.make_strategy(run_config.strategy, run_config.tpu)
-    distribute.check_batch_size(strategy, run_config.batch_size)
-    os.makedirs(run_config.model_dir, exist_ok=True)
-    if config.search.search:
-        return evaluation.search_and_test(
-            config,
-            run,
-            strategy,
-            evaluation.Inputs(config.data, patches=False),
-            verbose,
+    run_config, data = config.run, config.data
+    num_classes = evaluation.num_classes(data)
+    model_dir = runtime.prepare_model_dir(run_config.model_dir)
+    is_chief = distribute.cluster_task(strategy)[2]
+    with runtime.session(run_config, strategy) as strategy:
+        if config.search.search:
+            return evaluation.search_and_test(
+                config,
+                run,
+                strategy,
+                evaluation.Inputs(data, patches=False),
+                verbose,
+            )
+        split = splits.label_split(
+            data, run_config.seed, data.subset_dir or model_dir, write=is_chief
         )
-    data = config.data
-    split = evaluation.label_split(
-        data, run_config.seed, data.subset_dir or run_config.model_dir
-    )
-    steps = total_steps(run_config, split.num_train)
-    inputs = evaluation.Inputs(
-        data, patches=False, augment=config.options.augment
-    )
-    keras.utils.set_random_seed(run_config.seed)
-    keras.mixed_precision.set_dtype_policy(
-        "mixed_bfloat16" if run_config.mixed_precision else "float32"
-    )
-    try:
+        steps = builders.total_steps(run_config, split.num_train)
+        inputs = evaluation.Inputs(
+            data, patches=False, augment=config.options.augment
+        )
         with strategy.scope():
             model, backbone, head = build_model(config, num_classes)
-            optimizer = make_optimizer(config.optim, steps)
+            optimizer = make_optimizer(
+                config.optim, steps, run_config.mixed_precision
+            )
         task = evaluation.ClassifierTask(
-            model, backbone, head, optimizer, train_encoder=True
+            model,
+            backbone,
+            head,
+            optimizer,
+            train_encoder=True,
+            l2=l2_strength(config.optim),
         )
-        loop, summary = evaluation.train(
+        batch = config.options.eval_batch_size or run_config.batch_size
+        loop, summary, selection = evaluation.train(
             strategy,
             task,
             config,
             steps,
             inputs,
-            split.train_ids,
+            split,
             verbose=verbose,
+            validation_fn=evaluation.validation_fn(inputs, data, split, batch),
         )
         return evaluation.finish(
             loop,
@@ -137,26 +142,28 @@ def run(config, strategy=None, test=True, verbose=True):
             summary,
             dict(protocol="supervised", parameters=model.count_params()),
             test=test,
+            selection=selection,
         )
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
 
 
 def parse_config(flag_values=cpc_flags.FLAGS):
-    """The config of parsed flags; a bad flag raises `app.UsageError`."""
-    return evaluation.parse_whole_image_config(
+    """The config of parsed flags (a bad one raises `FlagError`)."""
+    return cpc_flags.whole_image_config(
         flag_values, "supervised", evaluation.SupervisedConfig
     )
 
 
 def main(argv):
     del argv
-    evaluation.run_main(run, parse_config())
+    config = parse_config()
+    results = run(config)
+    if results is not None:
+        print(evaluation.dump(results), "->", config.run.model_dir)
 
 
 def define_flags(flag_values=cpc_flags.FLAGS):
     """Defines this entry point's flags with its defaults."""
-    evaluation.define_protocol_flags(
+    cpc_flags.define_protocol_flags(
         flag_values,
         FLAG_DEFAULTS,
         DataConfig,
@@ -170,4 +177,4 @@ def define_flags(flag_values=cpc_flags.FLAGS):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(runtime.entry_point(main))

@@ -1,23 +1,53 @@
 """Training tasks for the shared trainer: the CPC objective."""
 
+import tensorflow as tf
+
 from cpc_tf import distribute, trainer
 
 
 class CPCTask(trainer.Task):
-    """The CPC objective summed over directions; `negatives` local/global."""
+    """The CPC objective summed over directions; `negatives` local/global.
+
+    With global negatives every replica computes the global loss: its
+    targets and predictions are gathered from all replicas in one
+    collective (`distribute.gather_batch`).
+    """
 
     def __init__(self, model, optimizer, negatives="local"):
         self.model = model
         self.optimizer = optimizer
         self.negatives = negatives
-        # With global negatives every replica computes the global loss.
         self.global_loss = negatives == "global"
+        self._forward = self._local_outputs
+        self._losses = self.model.cpc_losses
+
+    def compile_around_collectives(self):
+        """XLA-compiles the pieces between collectives (`--jit_compile`).
+
+        With global negatives the gather sits between the forward pass and
+        the loss, and TF cannot compile a CPU collective into an XLA
+        cluster: the encoder and heads, then the loss, are compiled
+        separately (their gradients too). Returns False when there is no
+        collective in the step (local negatives), so the trainer compiles
+        the whole forward and backward pass instead.
+        """
+        if not self.global_loss:
+            return False
+        self._forward = tf.function(self._local_outputs, jit_compile=True)
+        self._losses = tf.function(self.model.cpc_losses, jit_compile=True)
+        return True
+
+    def _local_outputs(self, patches, training):
+        latents = self.model.encoder(patches, training=training)
+        targets, preds = self.model.cpc_outputs(latents)
+        return self.model.flat_outputs(targets, preds)
 
     def compute(self, batch, training):
         patches = batch[0] if isinstance(batch, (tuple, list)) else batch
-        gather = distribute.gather_batch if self.global_loss else None
-        latents = self.model.encoder(patches, training=training)
-        terms = self.model.cpc_terms(latents, gather=gather)
+        flat = self._forward(patches, training)
+        if self.global_loss:
+            flat = distribute.gather_batch(flat)
+        terms = self._losses(*self.model.unflatten_outputs(flat))
         return self.model.total_loss(terms), terms
 
     def optimizer_groups(self):
@@ -26,3 +56,37 @@ class CPCTask(trainer.Task):
                 self.optimizer, self.model.trainable_variables
             )
         ]
+
+
+def prepare_keras_training(model, clip_global_norm, ema_decay, negatives):
+    """What `CPC.compile` sets up for `keras_train_step` (TF backend)."""
+    if negatives not in ("local", "global"):
+        raise ValueError(f"negatives: expected local or global: {negatives}")
+    model.clip_global_norm = clip_global_norm
+    model.negatives = negatives
+    model.polyak = None
+    if ema_decay:
+        if not model.built:
+            raise ValueError("Build the CPC model before compiling with EMA.")
+        model.polyak = trainer.PolyakAverage(
+            model.trainable_variables, ema_decay
+        )
+    distribute.skip_gradient_aggregation(model.optimizer)
+    model.optimizer.build(model.trainable_variables)
+
+
+def keras_train_step(model, data):
+    """`CPC.train_step`: the trainer's step (`trainer.replica_step`) for
+    Keras `fit`, in replica context. Returns the running metrics."""
+    task = CPCTask(model, model.optimizer, model.negatives)
+    loss, terms, norm, _, _ = trainer.replica_step(
+        task,
+        task.optimizer_groups(),
+        data,
+        clip_norm=model.clip_global_norm,
+        ema=model.polyak,
+    )
+    model._loss_tracker.update_state(loss)
+    for name, tracker in model.trackers.items():
+        tracker.update_state(terms[name])
+    return dict(model.get_metrics_result(), grad_norm=norm)

@@ -1,18 +1,24 @@
 """The one training loop that pretraining and every evaluation share.
 
 A `Task` says what to compute on a batch; the `Trainer` runs it under a
-`tf.distribute` strategy with what the paper needs around it: gradients
-summed over replicas before global-norm clipping, one or more optimizers on
-disjoint variables, Polyak averaging with warm-up, checkpoints that survive
-`kill -9` and save on SIGTERM, a NaN/Inf guard that never overwrites a good
-checkpoint, TensorBoard summaries and a console progress bar.
+`tf.distribute` strategy with what the paper needs around it: one
+all-reduce per step, after which each optimizer group's summed gradient is
+clipped to its global norm and applied (`distribute.apply_gradients`), one
+or more optimizers on disjoint variables, Polyak averaging with warm-up
+inside the replicated step, `steps_per_loop` steps per compiled call,
+checkpoints that survive `kill -9`, preemption (SIGTERM to any worker
+stops every worker after the same step, with one checkpoint), a NaN/Inf
+guard that never overwrites a good checkpoint, periodic evaluation hooks,
+TensorBoard summaries and a console progress bar.
+
+Multi-worker runs write only from the chief: the other workers save their
+(required) checkpoints to a temporary directory beside it and delete it.
 """
 
 import contextlib
 import dataclasses
 import math
 import os
-import signal
 import sys
 import time
 
@@ -20,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf import artifacts, distribute
+from cpc_tf import artifacts, distribute, preemption
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,7 +42,10 @@ class PolyakAverage(tf.Module):
     """Exponential moving average of variables with the TF warm-up.
 
     The decay at update `n` is `min(decay, (1 + n) / (10 + n))`, so short
-    runs average recent weights instead of the initial ones.
+    runs average recent weights instead of the initial ones. The averages
+    are mirrored variables without aggregation: `update` in replica
+    context averages each replica's own copy (the replicas' weights are
+    equal after every step), with no communication.
     """
 
     def __init__(self, variables, decay):
@@ -44,20 +53,11 @@ class PolyakAverage(tf.Module):
         self.decay = decay
         self.source = list(variables)
         self.averages = [
-            tf.Variable(
-                _value(v),
-                trainable=False,
-                name=f"ema_{i}",
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
+            tf.Variable(_value(v), trainable=False, name=f"ema_{i}")
             for i, v in enumerate(self.source)
         ]
         self.updates = tf.Variable(
-            0,
-            dtype=tf.int64,
-            trainable=False,
-            name="ema_updates",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            0, dtype=tf.int64, trainable=False, name="ema_updates"
         )
 
     def current_decay(self):
@@ -65,7 +65,7 @@ class PolyakAverage(tf.Module):
         return tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
 
     def update(self):
-        """One averaging step; call in cross-replica context."""
+        """One averaging step (replica or single-device context)."""
         decay = self.current_decay()
         for average, variable in zip(self.averages, self.source):
             value = tf.cast(_value(variable), average.dtype)
@@ -119,6 +119,19 @@ class Task:
 
 
 @dataclasses.dataclass
+class Hook:
+    """Runs `fn(step) -> {name: float}` every `every` steps and at the end.
+
+    The values go to TensorBoard, the progress bar and the summary's
+    `history`. `fn` runs in cross-replica context between compiled loops.
+    """
+
+    every: int
+    fn: object
+    at_end: bool = True
+
+
+@dataclasses.dataclass
 class TrainerOptions:
     """How the loop runs (a subset of `config.RunConfig` plus clipping)."""
 
@@ -132,6 +145,8 @@ class TrainerOptions:
     jit_compile: bool = False
     verbose: bool = True
     images_per_step: int = 0
+    steps_per_loop: int = 1
+    loss_scaling: bool = False
 
 
 def _learning_rates(groups):
@@ -142,6 +157,80 @@ def _learning_rates(groups):
             keras.ops.convert_to_numpy(group.optimizer.learning_rate)
         )
     return rates
+
+
+def compute_gradients(task, groups, batch, loss_scale=None):
+    """`(grads, loss, metrics)` of this replica's share of the loss.
+
+    The share is the loss divided by the replicas (a per-replica mean) or
+    the loss itself (`task.global_loss`), times the loss scale if any.
+    """
+    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    variables = [v for g in groups for v in g.variables]
+    with tf.GradientTape() as tape:
+        loss, metrics = task.compute(batch, training=True)
+        share = loss if task.global_loss else loss / replicas
+        if loss_scale is not None:
+            share = share * tf.cast(loss_scale, share.dtype)
+    return tape.gradient(share, variables), loss, metrics
+
+
+def replica_step(
+    task,
+    groups,
+    batch,
+    stop=0.0,
+    *,
+    clip_norm=0.0,
+    ema=None,
+    loss_scaling=False,
+    gradients_fn=compute_gradients,
+):
+    """The training step, in replica context; shared by `Trainer` and
+    `model.CPC.train_step` (Keras `fit`).
+
+    Gradients of the task's loss, one all-reduce (with the loss, metrics
+    and the stop flag packed in), each group clipped and applied
+    (`distribute.apply_gradients`), then the Polyak average of each
+    replica's own copy.
+
+    Returns:
+        `(loss, metrics, grad_norm, finite, stop_sum)`: the replica-mean
+        loss and metrics, the global gradient norm before clipping, whether
+        every gradient was finite, and the sum of the replicas' stop flags.
+    """
+    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    scale = (
+        distribute.loss_scale_of(groups[0].optimizer) if loss_scaling else None
+    )
+    grads, loss, metrics = gradients_fn(task, groups, batch, scale)
+    names = sorted(metrics)
+    means = [loss] + [metrics[name] for name in names]
+    norms, sums, finite = distribute.apply_gradients(
+        [(g.optimizer, g.variables) for g in groups],
+        grads,
+        clip_norm,
+        extras=[m / replicas for m in means] + [stop],
+        loss_scale=scale,
+    )
+    if ema is not None:
+        ema.update()
+    return (
+        sums[0],
+        dict(zip(names, sums[1:-1])),
+        tf.linalg.global_norm(norms),
+        finite,
+        sums[-1],
+    )
+
+
+def write_directory(model_dir, strategy):
+    """Where this process writes: `model_dir` on the chief, else a
+    temporary `workertemp_<id>` directory beside it (TF's convention)."""
+    _, task_id, is_chief, _ = distribute.cluster_task(strategy)
+    if is_chief:
+        return model_dir
+    return os.path.join(model_dir, f"workertemp_{task_id}")
 
 
 class Trainer:
@@ -165,6 +254,10 @@ class Trainer:
                         f"Variable {variable.path} is in two optimizer groups."
                     )
                 seen.add(key)
+        _, _, self._is_chief, self._num_workers = distribute.cluster_task(
+            strategy
+        )
+        self.write_dir = write_directory(options.model_dir, strategy)
         with strategy.scope():
             self.step = tf.Variable(
                 0,
@@ -179,6 +272,14 @@ class Trainer:
                     task.averaged_variables(), options.ema_decay
                 )
             for group in self.groups:
+                if options.loss_scaling and not isinstance(
+                    group.optimizer, keras.optimizers.LossScaleOptimizer
+                ):
+                    raise ValueError(
+                        "loss_scaling needs LossScaleOptimizers "
+                        "(optimizers.make_optimizer with float16)."
+                    )
+                distribute.skip_gradient_aggregation(group.optimizer)
                 group.optimizer.build(group.variables)
         trackables = dict(model=task.model, step=self.step)
         for index, group in enumerate(self.groups):
@@ -188,70 +289,88 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
-            os.path.join(options.model_dir, artifacts.CHECKPOINT_DIR),
+            os.path.join(self.write_dir, artifacts.CHECKPOINT_DIR),
             max_to_keep=options.keep_checkpoints,
         )
-        self._train_step = tf.function(
-            self._distributed_step, jit_compile=False
-        )
-        self._stop_requested = False
+        self._gradients_fn = compute_gradients
+        compile_pieces = getattr(task, "compile_around_collectives", None)
+        if options.jit_compile and not (compile_pieces and compile_pieces()):
+            # XLA compiles the forward and backward passes; the collective
+            # and the update stay outside (TF cannot put a CPU collective
+            # inside an XLA cluster; TPUStrategy compiles the whole step).
+            compiled = tf.function(
+                lambda batch, scale: compute_gradients(
+                    task, self.groups, batch, scale
+                ),
+                jit_compile=True,
+            )
+            self._gradients_fn = lambda task, groups, batch, scale: compiled(
+                batch, scale
+            )
+        self._train_loop = tf.function(self._distributed_loop)
         self._writer = None
+
+    def latest_checkpoint(self):
+        """The newest checkpoint of `model_dir` (the chief's), or None."""
+        return tf.train.latest_checkpoint(
+            os.path.join(self.options.model_dir, artifacts.CHECKPOINT_DIR)
+        )
 
     def restore(self):
         """Restores the latest checkpoint; returns the step it was at."""
-        path = self.manager.latest_checkpoint
+        path = self.latest_checkpoint()
         if path:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         return int(self.step.numpy())
 
-    def _replica_step(self, batch):
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
-        variables = [v for g in self.groups for v in g.variables]
-        with tf.GradientTape() as tape:
-            loss, metrics = self.task.compute(batch, training=True)
-            share = loss if self.task.global_loss else loss / replicas
-        grads = tape.gradient(share, variables)
-        grads = [
-            tf.zeros_like(v) if g is None else g
-            for g, v in zip(grads, variables)
-        ]
-        shares, norm = distribute.aggregate_and_clip(
-            grads, self.options.clip_global_norm
+    # -- the compiled step ----------------------------------------------------
+
+    def _replica_step(self, batch, stop):
+        return replica_step(
+            self.task,
+            self.groups,
+            batch,
+            stop,
+            clip_norm=self.options.clip_global_norm,
+            ema=self.ema,
+            loss_scaling=self.options.loss_scaling,
+            gradients_fn=self._gradients_fn,
         )
-        start = 0
-        for group in self.groups:
-            stop = start + len(group.variables)
-            group.optimizer.apply(shares[start:stop], group.variables)
-            start = stop
-        return loss, metrics, norm
 
-    def _distributed_step(self, iterator):
-        batch = next(iterator)
-        loss, metrics, norm = self.strategy.run(
-            self._compute_fn(), args=(batch,)
-        )
-        mean = tf.distribute.ReduceOp.MEAN
-        loss = self.strategy.reduce(mean, loss, axis=None)
-        metrics = {
-            k: self.strategy.reduce(mean, v, axis=None)
-            for k, v in metrics.items()
-        }
-        norm = self.strategy.experimental_local_results(norm)[0]
-        if self.ema is not None:
-            self.ema.update()
-        self.step.assign_add(1)
-        return loss, metrics, norm
+    def _distributed_loop(self, iterator, steps, stop):
+        """Up to `steps` steps; stops early after a step on which any
+        worker asked to stop or the loss or gradient was not finite."""
+        first = self.strategy.experimental_local_results
 
-    def _compute_fn(self):
-        if self.options.jit_compile:
-            return tf.function(self._replica_step, jit_compile=True)
-        return self._replica_step
+        def one_step():
+            outputs = self.strategy.run(
+                self._replica_step, args=(next(iterator), stop)
+            )
+            self.step.assign_add(1)
+            loss, metrics, norm, finite, stop_sum = tf.nest.map_structure(
+                lambda value: first(value)[0], outputs
+            )
+            return loss, metrics, norm, finite, stop_sum > 0
 
-    def _request_stop(self, signum, frame):
-        self._stop_requested = True
+        loss, metrics, norm, finite, stopped = one_step()
+        done = tf.constant(1, tf.int64)
+        # One step per call traces the step once; a loop traces it twice
+        # (the first step fixes the shapes the loop carries).
+        if self.options.steps_per_loop > 1:
+            while done < steps and not stopped and self._finite(loss, norm):
+                loss, metrics, norm, finite, stopped = one_step()
+                done += 1
+        return loss, metrics, norm, finite, stopped, done
 
-    def fit(self, dataset_fn):
+    def _finite(self, loss, norm):
+        if self.options.loss_scaling:
+            # An overflowing float16 step is skipped, not an error.
+            return tf.math.is_finite(loss)
+        return tf.math.is_finite(loss) & tf.math.is_finite(norm)
+
+    # -- the host loop --------------------------------------------------------
+
+    def fit(self, dataset_fn, hooks=()):
         """Trains until `options.steps`, resuming from the last checkpoint.
 
         Args:
@@ -259,23 +378,35 @@ class Trainer:
                 batches (`strategy.distribute_datasets_from_function`). It
                 is called after restoring, with the restored step available
                 as `trainer.step` for reseeding.
+            hooks: `Hook`s (e.g. a k-NN monitor, a validation evaluation).
 
         Returns:
-            A dict: steps, first/last loss and metrics, images/s, seconds.
+            A dict: steps, first/last loss and metrics, images/s, seconds,
+            `history` of the hooks' values, `stopped_early`.
         """
         options = self.options
         start_step = self.restore()
+        history = {}
         if start_step >= options.steps:
             return self._summary(start_step, start_step, None, None, {}, 0.0)
+        with preemption.watching():
+            if preemption.requested() and self._num_workers == 1:
+                # Preempted before the first step: nothing to save.
+                return self._summary(
+                    start_step, start_step, None, None, {}, 0.0
+                )
+            return self._fit(dataset_fn, hooks, start_step, history)
+
+    def _fit(self, dataset_fn, hooks, start_step, history):
+        options = self.options
         dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
         iterator = iter(dataset)
-        writer = self.writer() if self.is_chief() else None
-        previous = signal.signal(signal.SIGTERM, self._request_stop)
+        writer = self.writer() if self._is_chief else None
         progress = None
         if options.verbose:
             progress = keras.utils.Progbar(
                 options.steps,
-                stateful_metrics=["loss", "grad_norm"],
+                stateful_metrics=["loss", "grad_norm", "knn_top1", "val_top1"],
                 # A log file gets a line every 30 s, a terminal a live bar.
                 interval=0.05 if sys.stdout.isatty() else 30.0,
             )
@@ -283,31 +414,56 @@ class Trainer:
         first_loss = last_loss = None
         metrics = {}
         wall_start = time.perf_counter()
-        # Throughput counts only the step calls after the first (tracing),
-        # not checkpoints, summaries or the progress bar.
-        step_seconds, timed_steps = 0.0, 0
+        # Throughput counts only the loop calls after the first (tracing),
+        # not checkpoints, hooks, summaries or the progress bar.
+        step_seconds, timed_steps, hook_seconds = 0.0, 0, 0.0
+        step = start_step
         try:
-            step = start_step
             while step < options.steps:
-                step_start = time.perf_counter()
-                loss, metrics, norm = self._train_step(iterator)
+                count = self._loop_length(step)
+                call_start = time.perf_counter()
+                loss, values, norm, finite, stopped, done = self._train_loop(
+                    iterator,
+                    tf.constant(count, tf.int64),
+                    tf.constant(float(preemption.requested())),
+                )
                 loss, norm = float(loss), float(norm)
+                done, stopped = int(done), bool(stopped)
                 if first_loss is not None:
-                    step_seconds += time.perf_counter() - step_start
-                    timed_steps += 1
-                metrics = {k: float(v) for k, v in metrics.items()}
-                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    step_seconds += time.perf_counter() - call_start
+                    timed_steps += done
+                metrics = {k: float(v) for k, v in values.items()}
+                ok = math.isfinite(loss) and (
+                    options.loss_scaling or math.isfinite(norm)
+                )
+                if not ok:
                     raise NonFiniteLossError(
                         f"Loss {loss} / gradient norm {norm} at step "
-                        f"{step + 1}; stopping. The last good checkpoint in "
-                        f"{self.manager.directory} is untouched."
+                        f"{step + done}; stopping. The last good checkpoint "
+                        f"in {options.model_dir} is untouched."
                     )
-                step += 1
+                step += done
                 if first_loss is None:
                     first_loss = loss
                 last_loss = loss
+                shown = dict(loss=loss, grad_norm=norm)
+                for hook in hooks:
+                    if self._due(hook.every, step, done) or (
+                        hook.at_end and step == options.steps
+                    ):
+                        hook_start = time.perf_counter()
+                        values = {k: float(v) for k, v in hook.fn(step).items()}
+                        hook_seconds += time.perf_counter() - hook_start
+                        for name, value in values.items():
+                            history.setdefault(name, []).append([step, value])
+                        shown.update(values)
+                        if writer is not None:
+                            with writer.as_default(step=step):
+                                for name, value in values.items():
+                                    tf.summary.scalar(name, value)
                 if writer is not None and (
-                    step % options.log_every == 0 or step == options.steps
+                    self._due(options.log_every, step, done)
+                    or step == options.steps
                 ):
                     self._log(
                         writer,
@@ -318,20 +474,20 @@ class Trainer:
                         self._images_per_second(step_seconds, timed_steps),
                     )
                 if progress is not None:
-                    progress.update(step, [("loss", loss), ("grad_norm", norm)])
+                    progress.update(step, list(shown.items()))
                 if (
-                    step % options.checkpoint_every == 0
-                    or self._stop_requested
+                    self._due(options.checkpoint_every, step, done)
+                    or stopped
                     or step == options.steps
                 ):
                     self.manager.save(checkpoint_number=step)
-                if self._stop_requested:
+                if stopped:
                     break
         finally:
-            signal.signal(signal.SIGTERM, previous)
             if writer is not None:
                 writer.flush()
-        return self._summary(
+            self._remove_worker_directory()
+        result = self._summary(
             start_step,
             step,
             first_loss,
@@ -340,6 +496,24 @@ class Trainer:
             time.perf_counter() - wall_start,
             self._images_per_second(step_seconds, timed_steps),
         )
+        result["history"] = history
+        result["hook_seconds"] = hook_seconds
+        return result
+
+    def _loop_length(self, step):
+        remaining = self.options.steps - step
+        return min(self.options.steps_per_loop, remaining)
+
+    @staticmethod
+    def _due(every, step, done):
+        """Whether a multiple of `every` lies in (step - done, step]."""
+        return step // every > (step - done) // every
+
+    def _remove_worker_directory(self):
+        if self.write_dir != self.options.model_dir and tf.io.gfile.exists(
+            self.write_dir
+        ):
+            tf.io.gfile.rmtree(self.write_dir)
 
     def _images_per_second(self, seconds, timed_steps):
         if not seconds or not timed_steps:
@@ -369,6 +543,8 @@ class Trainer:
             seconds=seconds,
             images_per_s=images_per_s,
             stopped_early=end < self.options.steps,
+            history={},
+            hook_seconds=0.0,
         )
 
     def writer(self):
@@ -380,12 +556,7 @@ class Trainer:
         return self._writer
 
     def is_chief(self):
-        resolver = getattr(self.strategy, "cluster_resolver", None)
-        if resolver is None or not resolver.task_type:
-            return True
-        return resolver.task_type == "chief" or (
-            resolver.task_type == "worker" and resolver.task_id == 0
-        )
+        return self._is_chief
 
     @contextlib.contextmanager
     def evaluation_weights(self, use_ema=True):

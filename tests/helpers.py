@@ -7,6 +7,7 @@ from absl import flags as absl_flags
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import (
     DataConfig,
+    KnnConfig,
     ModelConfig,
     OptimConfig,
     PretrainConfig,
@@ -37,7 +38,12 @@ def parse(*args):
     """A `PretrainConfig` from command-line style arguments."""
     values = absl_flags.FlagValues()
     cpc_flags.define_config_flags(
-        DataConfig, ModelConfig, OptimConfig, RunConfig, flag_values=values
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        KnnConfig,
+        flag_values=values,
     )
     values(["pretrain", *args])
     return cpc_flags.config_from_flags(PretrainConfig, values)

@@ -1,17 +1,22 @@
-"""Multi-worker training on loopback equals a single-process run."""
+"""Multi-worker training on loopback, preemption, static gathers."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cpc_tf import distribute
+from cpc_tf.config import FlagError
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "train_tiny.py")
+ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def free_ports(count):
@@ -29,59 +34,140 @@ def load_weights(path):
         return [weights[k] for k in sorted(weights, key=lambda k: int(k[4:]))]
 
 
-@pytest.mark.slow
-def test_two_workers_on_loopback_match_one_process(tmp_path):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+def start_workers(model_dir, out_dir, *extra):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     workers = []
     for index in range(2):
-        out = tmp_path / f"worker{index}"
-        out.mkdir()
         tf_config = {
             "cluster": cluster,
             "task": {"type": "worker", "index": index},
         }
         workers.append(
             subprocess.Popen(
-                [sys.executable, SCRIPT, str(out), "multi_worker"],
-                env=dict(env, TF_CONFIG=json.dumps(tf_config)),
+                [
+                    sys.executable,
+                    SCRIPT,
+                    str(model_dir),
+                    str(out_dir / f"worker{index}.npz"),
+                    "multi_worker",
+                    *extra,
+                ],
+                env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
         )
-    single = tmp_path / "single"
-    single.mkdir()
-    outputs = [w.communicate(timeout=240)[0] for w in workers]
+    return workers
+
+
+def finish(workers, timeout):
+    outputs = [w.communicate(timeout=timeout)[0] for w in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-3000:]
+    return outputs
+
+
+def single_process_weights(tmp_path):
     reference = subprocess.run(
-        [sys.executable, SCRIPT, str(single), "default"],
-        env=env,
+        [
+            sys.executable,
+            SCRIPT,
+            str(tmp_path / "single"),
+            str(tmp_path / "single.npz"),
+            "default",
+        ],
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
-    first = load_weights(tmp_path / "worker0" / "weights.npz")
-    second = load_weights(tmp_path / "worker1" / "weights.npz")
-    expected = load_weights(single / "weights.npz")
+    return load_weights(tmp_path / "single.npz")
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_match_one_process(tmp_path):
+    workers = start_workers(tmp_path / "run", tmp_path)
+    finish(workers, timeout=240)
+    first = load_weights(tmp_path / "worker0.npz")
+    second = load_weights(tmp_path / "worker1.npz")
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(first, expected):
+    for a, b in zip(first, single_process_weights(tmp_path)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # Only the chief (worker 0) wrote the model directory.
+    names = sorted(os.listdir(tmp_path / "run"))
+    assert names == ["checkpoints", "logs"], names
+
+
+def wait_for(paths, processes, timeout=240):
+    deadline = time.time() + timeout
+    while not all(os.path.exists(p) for p in paths):
+        for process in processes:
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read()[-3000:])
+        assert time.time() < deadline, f"no {paths} after {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_and_resumes_exactly(tmp_path):
+    model_dir = tmp_path / "run"
+    workers = start_workers(model_dir, tmp_path, "--pause")
+    paused = [model_dir / f"paused_worker{i}" for i in range(2)]
+    wait_for(paused, workers)
+    workers[1].send_signal(signal.SIGTERM)
+    (model_dir / "go").touch()
+    start = time.time()
+    outputs = finish(workers, timeout=60)
+    assert time.time() - start < 60
+    for output in outputs:
+        assert "preempted at step 6" in output, "\n=====\n".join(
+            o[-600:] for o in outputs
+        )
+    # One checkpoint for all, in the chief's directory; no worker temp.
+    checkpoints = tf.train.get_checkpoint_state(model_dir / "checkpoints")
+    assert checkpoints.model_checkpoint_path.endswith("ckpt-6")
+    assert not any(n.startswith("workertemp") for n in os.listdir(model_dir))
+    finish(start_workers(model_dir, tmp_path), timeout=240)
+    resumed = load_weights(tmp_path / "worker0.npz")
+    for a, b in zip(resumed, single_process_weights(tmp_path)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_batch_not_divisible_by_replicas():
-    strategy = distribute.make_strategy(
-        "mirrored", devices=["/cpu:0", "/cpu:1"]
-    )
-    with pytest.raises(ValueError, match="--batch_size: 5"):
-        distribute.check_batch_size(strategy, 5)
-    assert distribute.check_batch_size(strategy, 6) == 3
+def test_batch_not_divisible_by_replicas(two_replicas):
+    with pytest.raises(FlagError, match="--batch_size: 5"):
+        distribute.check_batch_size(two_replicas, 5)
+    assert distribute.check_batch_size(two_replicas, 6) == 3
 
 
 def test_unknown_strategy():
-    with pytest.raises(ValueError, match="--strategy"):
+    with pytest.raises(FlagError, match="--strategy"):
         distribute.make_strategy("parameter_server")
+
+
+def test_gather_slots_compile_with_a_tensor_replica_id():
+    # On TPU the replica id is a tensor: placing and merging the slots must
+    # have static shapes for XLA (a pad by `replica * B` would not).
+    values = tf.reshape(tf.range(24, dtype=tf.float32), [2, 3, 4])
+
+    @tf.function(jit_compile=True)
+    def place(values, replica):
+        return distribute.place_in_slot(values, replica, 3)
+
+    @tf.function(jit_compile=True)
+    def merge(summed, values, replica):
+        return distribute.merge_slot(summed, values, replica, 3)
+
+    slots = [place(values + 100 * r, tf.constant(r)) for r in range(3)]
+    summed = tf.add_n(slots)
+    assert slots[0].shape == (3, 2, 3, 4)
+    merged = merge(summed, values + 100, tf.constant(1))
+    expected = tf.concat([values, values + 100, values + 200], axis=0)
+    np.testing.assert_array_equal(merged.numpy(), expected.numpy())
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        out = merge(summed, values, tf.constant(2))
+    gradient = tape.gradient(out, values)
+    np.testing.assert_array_equal(gradient.numpy(), np.ones((2, 3, 4)))

@@ -3,6 +3,7 @@
 `make_pretrained_dir` and `TINY_*` are also used by the entry points' tests.
 """
 
+import contextlib
 import json
 import os
 
@@ -12,8 +13,9 @@ import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
 
-from cpc_tf import artifacts, distribute, encoders, evaluation, trainer
+from cpc_tf import artifacts, distribute, encoders, evaluation, splits, trainer
 from cpc_tf import flags as cpc_flags
+from cpc_tf.builders import build_cpc_model
 from cpc_tf.config import (
     DataConfig,
     ModelConfig,
@@ -22,7 +24,6 @@ from cpc_tf.config import (
     RunConfig,
 )
 from cpc_tf.data import sources
-from cpc_tf.pretrain import build_cpc_model
 
 TWO_CPUS = ["/cpu:0", "/cpu:1"]
 # A 3x3 grid of 4x4 patches from a 12x12 crop of 16x16 images.
@@ -52,6 +53,9 @@ RESULT_KEYS = {
     "classifier",
     "config",
     "protocol",
+    "test_set",
+    "test_excluded_from_pretraining",
+    "selected",
 }
 
 
@@ -227,27 +231,6 @@ def test_evaluate_counts_top1_top5_over_replicas_and_partial_batches():
 # -- splits, pretrained directories, flags -------------------------------------
 
 
-def test_label_split_is_balanced_disjoint_and_read_back(tmp_path):
-    data = DataConfig(label_fraction=10, holdout=500)
-    split = evaluation.label_split(data, seed=3, directory=str(tmp_path))
-    labels = sources.source_labels("mnist5k:train")
-    # 10% of the 3,500 examples left after the holdout, class-balanced.
-    assert len(split.val_ids) == 500 and split.num_train == 350
-    assert not set(split.train_ids) & set(split.val_ids)
-    assert np.all(np.bincount(labels[split.train_ids]) == 35)
-    assert sorted(split.files) == ["train", "validation"]
-    # Later runs read the files: change one and it is what they get.
-    with open(split.files["train"], "w") as f:
-        f.write("1\n2\n3\n")
-    again = evaluation.label_split(data, seed=3, directory=str(tmp_path))
-    assert again.train_ids.tolist() == [1, 2, 3]
-    np.testing.assert_array_equal(again.val_ids, split.val_ids)
-    everything = evaluation.label_split(
-        DataConfig(), seed=3, directory=str(tmp_path)
-    )
-    assert everything.train_ids is None and everything.num_train == 4000
-
-
 def test_read_pretrained_names_the_flag(tmp_path):
     with pytest.raises(evaluation.FlagError, match="--pretrained_dir"):
         evaluation.read_pretrained(str(tmp_path / "nope"), "x", False)
@@ -304,13 +287,13 @@ def test_whole_image_protocols_reject_patch_flags():
     values = absl_flags.FlagValues()
     cpc_flags.define_config_flags(DataConfig, flag_values=values)
     values(["prog", "--image_size=20"])
-    evaluation.set_whole_image_geometry(values, "supervised")
-    assert values.crop_size == values.patch_size == values.patch_stride == 20
+    data = cpc_flags.whole_image_config(values, "supervised", DataConfig)
+    assert data.crop_size == data.patch_size == data.patch_stride == 20
     values = absl_flags.FlagValues()
     cpc_flags.define_config_flags(DataConfig, flag_values=values)
     values(["prog", "--crop_size=20"])
     with pytest.raises(evaluation.FlagError, match="--crop_size"):
-        evaluation.set_whole_image_geometry(values, "supervised")
+        cpc_flags.whole_image_config(values, "supervised", DataConfig)
 
 
 # -- the search ----------------------------------------------------------------
@@ -362,26 +345,125 @@ def test_trial_config_uses_per_worker_batch_and_shared_subsets():
 
 
 def test_eval_data_holdout_tests_on_the_held_out_images(tmp_path):
-    from cpc_tf.data import sources
-
     data = DataConfig(
         train_data="mnist5k:train",
         eval_data="holdout",
         holdout=50,
+        validation=30,
         image_size=32,
         crop_size=28,
         patch_size=8,
         patch_stride=4,
     )
-    split = evaluation.label_split(data, 0, str(tmp_path))
+    split = splits.label_split(data, 0, str(tmp_path))
     assert evaluation.num_classes(data) == 10
     inputs = evaluation.Inputs(data, patches=True, augment=False)
-    dataset = evaluation.test_dataset_fn(inputs, data, split, 25)(
-        tf.distribute.InputContext()
-    )
-    labels = np.concatenate([y.numpy() for _, y in dataset])
-    expected = sources.source_labels("mnist5k:train")[split.val_ids]
-    np.testing.assert_array_equal(np.sort(labels), np.sort(expected))
-    assert len(labels) == 50
+    labels = sources.source_labels("mnist5k:train")
+    for make, ids in (
+        (evaluation.test_fn, split.test_ids),
+        (evaluation.validation_fn, split.val_ids),
+    ):
+        dataset = make(inputs, data, split, 25)(tf.distribute.InputContext())
+        seen = np.concatenate([y.numpy() for _, y in dataset])
+        np.testing.assert_array_equal(np.sort(seen), np.sort(labels[ids]))
+    assert len(split.test_ids) == 50 and len(split.val_ids) == 30
     with pytest.raises(ValueError, match="--eval_data"):
         DataConfig(eval_data="holdout")
+
+
+# -- weight decay and model selection -----------------------------------------
+
+
+def test_l2_penalty_spares_normalization_and_biases():
+    from cpc_tf.config import OptimConfig
+    from cpc_tf.optimizers import l2_strength, make_optimizer
+
+    keras.utils.set_random_seed(0)
+    backbone = encoders.resnet_v2(
+        **dict(ModelConfig(**TINY_ENCODER).backbone_kwargs(), norm="batch")
+    )
+    head = evaluation.classifier_head((16, 16, 8), 3, blocks=1, hidden=8)
+    variables = backbone.trainable_variables + head.trainable_variables
+    kernels = evaluation.decayed(variables)
+    assert kernels and all(v.name == "kernel" for v in kernels)
+    others = {v.name for v in variables} - {"kernel"}
+    assert {"gamma", "beta", "bias"} <= others  # all left out
+    expected = 0.5 * 1e-3 * sum(np.sum(v.numpy() ** 2) for v in kernels)
+    np.testing.assert_allclose(
+        evaluation.l2_penalty(variables, 1e-3).numpy(), expected, rtol=1e-5
+    )
+    assert l2_strength(OptimConfig(weight_decay=1e-3)) == 1e-3
+    decoupled = OptimConfig(weight_decay=1e-3, weight_decay_type="decoupled")
+    assert l2_strength(decoupled) == 0.0
+    optimizer = make_optimizer(decoupled, 10)
+    optimizer.build(variables)
+    assert all(optimizer._use_weight_decay(v) for v in kernels)
+    assert not any(
+        optimizer._use_weight_decay(v) for v in variables if v.name != "kernel"
+    )
+
+
+def test_classifier_task_adds_the_penalty_of_its_own_group():
+    keras.utils.set_random_seed(0)
+    encoder = _batch_norm_encoder()
+    head = evaluation.linear_head(encoder.output_shape[1:], 3)
+    model = evaluation.classifier(encoder, head, (3, 3, 4, 4, 3))
+    batch = next(iter(_patch_data().batch(8)))
+    plain = evaluation.ClassifierTask(
+        model, encoder, head, keras.optimizers.SGD(0.1)
+    )
+    decayed = evaluation.ClassifierTask(
+        model, encoder, head, keras.optimizers.SGD(0.1), l2=0.5
+    )
+    loss, metrics = plain.compute(batch, training=False)
+    penalised, _ = decayed.compute(batch, training=False)
+    kernel = head.get_layer("logits").kernel.numpy()
+    np.testing.assert_allclose(
+        penalised - loss, 0.25 * np.sum(kernel**2), rtol=1e-5
+    )
+    assert float(metrics["cross_entropy"]) == pytest.approx(float(loss))
+
+
+def test_model_selection_keeps_the_best_evaluation(tmp_path):
+    # Validation accuracy rises, then falls: the best weights come back.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((7,))
+    layer = keras.layers.Dense(7, use_bias=False)
+    model = keras.Model(inputs, layer(inputs))
+    labels = np.arange(7) % 7
+    features = np.eye(7, dtype="float32")
+
+    def dataset_fn(ctx):
+        return tf.data.Dataset.from_tensor_slices((features, labels)).batch(7)
+
+    class Loop:
+        strategy = tf.distribute.get_strategy()
+        write_dir = str(tmp_path)
+
+        def evaluation_weights(self, use_ema):
+            return contextlib.nullcontext()
+
+        def is_chief(self):
+            return True
+
+    selection = evaluation.BestCheckpoint(
+        Loop(), model, dataset_fn, str(tmp_path), use_ema=False
+    )
+    scores = {}
+    for step, correct in ((10, 3), (20, 6), (30, 2)):
+        kernel = np.zeros((7, 7), "float32")
+        for i in range(7):
+            kernel[i, i if i < correct else (i + 1) % 7] = 1.0
+        layer.kernel.assign(kernel)
+        scores[step] = selection(step)["val_top1"]
+        if correct == 6:
+            best = kernel.copy()
+    assert scores[20] == max(scores.values())
+    assert selection.record()["step"] == 20
+    assert selection.restore()
+    np.testing.assert_array_equal(layer.kernel.numpy(), best)
+    # A new run in the same directory resumes with the record.
+    again = evaluation.BestCheckpoint(
+        Loop(), model, dataset_fn, str(tmp_path), use_ema=False
+    )
+    assert again.record()["val_top1"] == pytest.approx(6 / 7)

@@ -41,6 +41,8 @@ def finetune_config(pretrained_dir, model_dir, phase1=2, phase2=2):
             classifier_bottleneck=4,
             phase1_steps=phase1,
             phase2_steps=phase2,
+            phase1_epochs=0,
+            phase2_epochs=0,
             encoder_learning_rate=1e-2,
             eval_batch_size=500,
             augment=False,  # faster; the augmented path runs in supervised

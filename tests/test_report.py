@@ -1,4 +1,4 @@
-"""The data-efficiency report: stage plan, tables, plot, resumption."""
+"""The data-efficiency report: plan, seeds, aggregation, readout, resume."""
 
 import json
 import os
@@ -8,44 +8,92 @@ import sys
 import pytest
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import report
+from cpc_tf import reporting
 
 
 def test_config_round_trips_through_flag_lines(tmp_path):
     config = parse(f"--flagfile={ROOT}/flags/cifar10.cfg")
     path = tmp_path / "resolved.cfg"
-    path.write_text("\n".join(report.config_flag_lines(config)) + "\n")
+    path.write_text("\n".join(reporting.config_flag_lines(config)) + "\n")
     assert parse(f"--flagfile={path}") == config
 
 
-def test_plan_runs_every_method_per_fraction(tmp_path):
+def test_plan_runs_every_method_per_fraction_and_seed(tmp_path):
     config = parse(f"--flagfile={ROOT}/flags/demo.cfg")
-    flagfiles = {m: f"flags/{m}.cfg" for m in report.METHODS}
-    stages = report.plan(config, str(tmp_path), [1, 10], flagfiles, {})
+    flagfiles = {m: f"flags/{m}.cfg" for m in reporting.METHODS}
+    stages = reporting.plan(
+        config, str(tmp_path), [1, 10], flagfiles, {}, seeds=2
+    )
     assert stages[0].method == "pretrain"
     names = [s.name for s in stages[1:]]
-    assert names == [f"{m}_{f}pct" for f in (1, 10) for m in report.METHODS]
+    assert names == [
+        f"{m}_{f}pct_seed{s}"
+        for f in (1, 10)
+        for s in (0, 1)
+        for m in reporting.METHODS
+    ]
     random = stages[2]
     assert "--random_init" in random.args
     assert f"--pretrained_dir={tmp_path}/pretrain" in random.args
-    assert "--label_fraction=1" in random.args
+    assert "--label_fraction=1" in random.args and "--seed=0" in random.args
     supervised = stages[4]
     assert not any(a.startswith("--pretrained_dir") for a in supervised.args)
     assert "--image_size=28" in supervised.args
-    assert supervised.directory == f"{tmp_path}/supervised_1pct"
+    assert supervised.directory == f"{tmp_path}/supervised_1pct_seed0"
+    pixels = stages[5]
+    assert "--probe_features=pixels" in pixels.args
+    # Every stage holds out what pretraining held out.
+    for stage in stages[1:]:
+        assert "--holdout=500.0" in stage.args
+        assert "--holdout_seed=0" in stage.args
+    assert {s.seed for s in stages[1:]} == {0, 1}
 
 
-def test_table_and_plot(tmp_path):
-    records = [
-        dict(method=m, label_fraction=f, top1=0.1 * i + f / 1000)
-        for i, m in enumerate(report.METHODS)
-        for f in (1, 10, 100)
+def records(values):
+    return [
+        dict(method=m, label_fraction=f, seed=s, top1=v)
+        for (m, f), per_seed in values.items()
+        for s, v in enumerate(per_seed)
     ]
-    table = report.markdown_table(records, [1, 10, 100])
-    assert "| Linear on CPC features | 0.1 | 1.0 | 10.0 |" in table
-    assert table.count("\n") == 6
-    report.plot(records, [1, 10, 100], tmp_path / "plot.png", "test")
+
+
+def test_aggregate_readout_table_and_plot(tmp_path):
+    values = {
+        ("linear_cpc", 1.0): [0.50, 0.54, 0.52],
+        ("linear_cpc", 10.0): [0.70, 0.72, 0.74],
+        ("finetune", 10.0): [0.80, 0.82, 0.84],
+        ("supervised", 100.0): [0.78, 0.80, 0.79],
+        ("supervised", 1.0): [0.2, 0.3, 0.25],
+    }
+    cells = reporting.aggregate(records(values))
+    cell = cells[("linear_cpc", 1.0)]
+    assert cell["mean"] == pytest.approx(52.0) and cell["n"] == 3
+    assert cell["std"] == pytest.approx(2.0)  # sample std over seeds
+    readout = reporting.readout(cells, [1, 10, 100])
+    assert readout["fraction"] == 10.0 and readout["method"] == "finetune"
+    assert readout["target"] == pytest.approx(79.0)
+    assert "10% of the labels" in readout["sentence"]
+    values[("finetune", 10.0)] = [0.5, 0.5, 0.5]
+    missed = reporting.readout(
+        reporting.aggregate(records(values)), [1, 10, 100]
+    )
+    assert missed["fraction"] is None
+    assert "does not reach" in missed["sentence"]
+    table = reporting.markdown_table(cells, [1, 10, 100])
+    assert "| Linear on CPC features | 52.0 ± 2.0 (n=3) |" in table
+    assert table.count("\n") == 2 + len(reporting.METHODS)
+    reporting.plot(cells, [1, 10, 100], tmp_path / "plot.png", "test")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_statement_names_the_test_set_and_the_hold_out():
+    summary = {"holdout": {"count": 5000, "file": "h.txt", "seed": 0}}
+    test_set = {"source": "x hold-out (5000, seed 0)", "examples": 5000}
+    good = [dict(test_set=test_set, test_excluded_from_pretraining=True)]
+    text = reporting.test_set_statement(good, summary)
+    assert "5000 images" in text and "did not see" in text
+    bad = [dict(test_set=test_set, test_excluded_from_pretraining=False)]
+    assert "WARNING" in reporting.test_set_statement(bad, summary)
 
 
 @pytest.mark.slow
@@ -54,12 +102,16 @@ def test_report_end_to_end_and_resume(tmp_path):
         sys.executable,
         "-m",
         "cpc_tf.report",
-        "--flagfile=flags/demo.cfg",
+        "--flagfile=flags/report_demo.cfg",
         *FAST,
         "--steps=3",
+        "--knn_every=3",
+        "--knn_memory=200",
+        "--knn_queries=100",
         "--fractions=100",
+        "--seeds=1",
         f"--report_dir={tmp_path}",
-        "--linear_args=steps=3,batch_size=8,eval_batch_size=500",
+        "--linear_args=batch_size=8,eval_batch_size=500,probe_epochs=3",
         "--finetune_args=phase1_steps=2,phase2_steps=2,batch_size=8,"
         "eval_batch_size=500",
         "--supervised_args=steps=3,batch_size=8,eval_batch_size=500",
@@ -69,19 +121,22 @@ def test_report_end_to_end_and_resume(tmp_path):
         command, cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    assert "[5/5] supervised_100pct: finished" in first.stdout
+    stages = 1 + len(reporting.METHODS)
+    assert f"[{stages}/{stages}] pixels_100pct: finished" in first.stdout
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["complete"]
-    assert {r["method"] for r in data["records"]} == set(report.METHODS)
-    for record in data["records"]:
-        assert 0.0 <= record["top1"] <= 1.0
-    assert (tmp_path / "report.png").exists()
-    assert "Fine-tuned CPC encoder" in (tmp_path / "report.md").read_text()
+    assert data["complete"] and data["seeds"] == 1
+    assert {c["method"] for c in data["cells"]} == set(reporting.METHODS)
+    assert "did not see" in data["test_set"]
+    assert data["pretraining"]["knn_top1"][0][0] == 3
+    for name in ("report.png", "knn.png"):
+        assert (tmp_path / name).exists()
+    text = (tmp_path / "report.md").read_text()
+    assert "Readout:" in text and "mnist5k:test, 1000 images" in text
     second = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("done earlier, skipped") == 5
+    assert second.stdout.count("done earlier, skipped") == stages
     resumed = json.loads((tmp_path / "report.json").read_text())
     assert resumed["stage_seconds"] == data["stage_seconds"]
-    assert len(data["stage_seconds"]) == 5
+    assert len(data["stage_seconds"]) == stages

@@ -6,7 +6,6 @@ import os
 import keras
 import pytest
 import tensorflow_datasets as tfds
-from absl import app
 from absl import flags as absl_flags
 from test_evaluation import TINY_ENCODER, check_results, tiny_run
 
@@ -109,10 +108,10 @@ def test_search_tests_the_best_validation_trial_once(tmp_path):
     assert results["labelled_examples"] == 40
     assert sorted(os.listdir(model_dir)) == [
         "classifier.keras",
+        "holdout_100_seed0.txt",
         "results.json",
         "search",
-        "train_1pct_holdout100_seed0.txt",
-        "val_holdout100_seed0.txt",
+        "train_1pct_holdout100_validation0_hseed0_seed0.txt",
     ]
 
 
@@ -123,6 +122,8 @@ def test_flags_default_to_appendix_c1_and_reject_patch_flags():
     config = supervised.parse_config(values)
     assert config.model.norm == "batch"
     assert config.optim.optimizer == "sgd"
+    assert config.optim.weight_decay_type == "l2"
+    assert config.run.epochs == 30 and config.run.min_steps == 400
     assert config.data.crop_size == config.data.image_size
     values = absl_flags.FlagValues()
     supervised.define_flags(values)
@@ -137,5 +138,5 @@ def test_flags_default_to_appendix_c1_and_reject_patch_flags():
         values = absl_flags.FlagValues()
         supervised.define_flags(values)
         values(["supervised", *args])
-        with pytest.raises(app.UsageError, match=flag):
+        with pytest.raises(evaluation.FlagError, match=flag):
             supervised.parse_config(values)

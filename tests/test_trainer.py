@@ -1,15 +1,18 @@
-"""The shared trainer: clip after the sum, global negatives, EMA, NaN."""
+"""The shared trainer: one all-reduce, clip after the sum, global
+negatives, EMA in the step, steps per loop, float16, preemption, NaN."""
+
+import collections
+import json
+import os
+import signal
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TWO_CPUS
 
-from cpc_tf import distribute, encoders, trainer
-from cpc_tf.model import build_cpc
-from cpc_tf.tasks import CPCTask
-
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
+from cpc_tf import distribute, trainer
 
 
 class RegressionTask(trainer.Task):
@@ -86,7 +89,7 @@ def test_clip_after_sum_two_replicas_equals_one_device(tmp_path):
 
 def test_keras_global_clipnorm_alone_clips_per_replica():
     # What the trainer works around: Keras clips before the replica sum.
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    strategy = distribute.make_strategy("mirrored", devices=TWO_CPUS)
     x, y = next(iter(regression_data().batch(8)))
     with strategy.scope():
         keras.utils.set_random_seed(0)
@@ -100,37 +103,18 @@ def test_keras_global_clipnorm_alone_clips_per_replica():
     assert abs(moved - 0.01) > 5e-4
 
 
-def tiny_cpc_task(negatives, optimizer=None):
-    backbone = encoders.resnet_v2(
-        blocks=(1,),
-        widths=(4,),
-        output_widths=(8,),
-        stem_width=4,
-        stem_kernel=3,
-        stem_stride=2,
-        stem_pool=False,
-    )
-    model = build_cpc(
-        backbone,
-        (8, 8, 3),
-        (4, 4),
-        directions=("down", "right"),
-        steps_to_ignore=1,
-        steps_to_predict=2,
-        context_blocks=1,
-        context_hidden=8,
-        target_dim=8,
-    )
-    return CPCTask(model, optimizer or keras.optimizers.SGD(0.5), negatives)
-
-
 def patch_data():
     rng = np.random.default_rng(1)
     patches = rng.uniform(-1, 1, size=(8, 4, 4, 8, 8, 3)).astype("float32")
     return tf.data.Dataset.from_tensor_slices(patches)
 
 
-def test_global_negatives_two_replicas_equal_one_device(tmp_path):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_global_negatives_two_replicas_equal_one_device(
+    tmp_path, two_replicas, tiny_cpc_task, jit_compile
+):
+    # Under --jit_compile the pieces around the gather are XLA-compiled
+    # with the replica id a tensor (static shapes only, as TPUs need).
     one = run_steps(
         tf.distribute.get_strategy(),
         lambda: tiny_cpc_task("local"),
@@ -138,22 +122,30 @@ def test_global_negatives_two_replicas_equal_one_device(tmp_path):
         tmp_path / "one",
         steps=2,
         clip_global_norm=0.5,
+        ema_decay=0.9,
     )
     two = run_steps(
-        distribute.make_strategy("mirrored", devices=TWO_CPUS),
+        two_replicas,
         lambda: tiny_cpc_task("global"),
         patch_data(),
         tmp_path / "two",
         steps=2,
         clip_global_norm=0.5,
+        ema_decay=0.9,
+        jit_compile=jit_compile,
     )
     np.testing.assert_allclose(
         two[2]["first_loss"], one[2]["first_loss"], rtol=1e-5
     )
     for a, b in zip(one[1], two[1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The Polyak average, updated inside the replicated step, too.
+    for a, b in zip(one[3].ema.averages, two[3].ema.averages):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+    if jit_compile:
+        return
     local = run_steps(
-        distribute.make_strategy("mirrored", devices=TWO_CPUS),
+        two_replicas,
         lambda: tiny_cpc_task("local"),
         patch_data(),
         tmp_path / "local",
@@ -161,6 +153,55 @@ def test_global_negatives_two_replicas_equal_one_device(tmp_path):
     )
     # Local negatives on 2 replicas see half the candidates: another loss.
     assert abs(local[2]["first_loss"] - one[2]["first_loss"]) > 0.1
+
+
+def collective_ops(concrete_function):
+    """Counts the all-reduce ops of a traced function's top-level graph
+    (the first step of a loop; the while body holds the others)."""
+    names = ("CollectiveReduce", "AllReduce", "NcclAllReduce")
+    return collections.Counter(
+        node.op
+        for node in concrete_function.graph.as_graph_def().node
+        if node.op.startswith(names)
+    )
+
+
+def step_collectives(strategy, make_task, data, model_dir):
+    """All-reduce ops of the first traced step of a 2-replica trainer."""
+    _, _, _, loop = run_steps(
+        strategy, make_task, data, model_dir, clip_global_norm=0.01
+    )
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: data.batch(4).repeat()
+    )
+    traced = loop._train_loop.get_concrete_function(
+        iter(dataset), tf.constant(1, tf.int64), tf.constant(0.0)
+    )
+    return sum(collective_ops(traced).values())
+
+
+@pytest.mark.parametrize("kind", ["regression", "cpc_global"])
+def test_one_all_reduce_per_step(
+    tmp_path, two_replicas, tiny_cpc_task, monkeypatch, kind
+):
+    if kind == "regression":
+        make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
+        data = regression_data()
+    else:
+        make = lambda: tiny_cpc_task("global")  # noqa: E731
+        data = patch_data()
+    # One packed all-reduce of every gradient (with the loss, metrics and
+    # stop flag), launched once per replica; global negatives add the one
+    # gather of targets and predictions in the forward pass.
+    expected = 2 if kind == "regression" else 4
+    assert step_collectives(two_replicas, make, data, tmp_path / "a") == (
+        expected
+    )
+    # Left to aggregate, Keras's optimizer would all-reduce a second time.
+    monkeypatch.setattr(distribute, "skip_gradient_aggregation", lambda o: o)
+    assert step_collectives(two_replicas, make, data, tmp_path / "b") > (
+        expected
+    )
 
 
 def test_polyak_average_warm_up():
@@ -275,3 +316,180 @@ def test_images_per_second_counts_steps_not_checkpoints(tmp_path, monkeypatch):
     # Four timed steps of a Dense layer take milliseconds; five saves 1.5 s.
     assert result["seconds"] > 1.5
     assert result["images_per_s"] > 4 * 8 / 0.3
+
+
+def test_polyak_averages_are_per_replica_copies(two_replicas, tiny_cpc_task):
+    # Mirrored, no aggregation: each replica averages its own copy inside
+    # the step, with no broadcast.
+    with two_replicas.scope():
+        task = tiny_cpc_task()
+        average = trainer.PolyakAverage(task.model.trainable_variables, 0.99)
+    assert average.averages[0].aggregation == tf.VariableAggregation.NONE
+    assert len(average.averages[0].values) == 2
+
+
+@pytest.mark.parametrize("steps_per_loop", [2, 3])
+def test_steps_per_loop_equals_single_steps(tmp_path, steps_per_loop):
+    make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
+    strategy = tf.distribute.get_strategy()
+    single = run_steps(
+        strategy, make, regression_data(), tmp_path / "one", steps=5
+    )
+    looped = run_steps(
+        strategy,
+        make,
+        regression_data(),
+        tmp_path / "loop",
+        steps=5,
+        steps_per_loop=steps_per_loop,
+        checkpoint_every=2,
+    )
+    for a, b in zip(single[1], looped[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert looped[2]["steps"] == 5 and int(looped[3].step.numpy()) == 5
+    assert looped[2]["last_loss"] == pytest.approx(single[2]["last_loss"])
+    # A checkpoint whenever a loop crosses a multiple of 2, and at the end.
+    saved = tf.train.get_checkpoint_state(tmp_path / "loop" / "checkpoints")
+    steps = sorted(
+        int(p.rsplit("-", 1)[1]) for p in saved.all_model_checkpoint_paths
+    )
+    assert steps == {2: [2, 4, 5], 3: [3, 5]}[steps_per_loop]
+
+
+class TwoGroupTask(trainer.Task):
+    """Two Dense layers, each with its own SGD optimizer."""
+
+    def __init__(self):
+        inputs = keras.Input((3,))
+        self.first = keras.layers.Dense(4, use_bias=False)
+        self.second = keras.layers.Dense(2, use_bias=False)
+        self.model = keras.Model(inputs, self.second(self.first(inputs)))
+        self.optimizers = [keras.optimizers.SGD(1.0), keras.optimizers.SGD(1.0)]
+
+    def compute(self, batch, training):
+        x, y = batch
+        return tf.reduce_mean(tf.square(self.model(x) - y)), {}
+
+    def optimizer_groups(self):
+        return [
+            trainer.OptimizerGroup(opt, layer.trainable_variables)
+            for opt, layer in zip(self.optimizers, (self.first, self.second))
+        ]
+
+
+def test_each_optimizer_group_is_clipped_on_its_own(tmp_path, two_replicas):
+    init, final, _, loop = run_steps(
+        two_replicas,
+        TwoGroupTask,
+        regression_data(),
+        tmp_path,
+        clip_global_norm=0.01,
+    )
+    # SGD with lr 1 moves each group by exactly the clip norm.
+    assert len(loop.groups) == len(init) == 2  # one kernel per group
+    for before, after in zip(init, final):
+        moved = np.sqrt(np.sum((after - before) ** 2))
+        np.testing.assert_allclose(moved, 0.01, rtol=1e-4)
+
+
+class Float16Task(RegressionTask):
+    """The regression in float16 compute, with a huge loss: the scaled
+    gradient overflows until the loss scale has come down."""
+
+    def __init__(self, optimizer):
+        inputs = keras.Input((3,))
+        layer = keras.layers.Dense(2, dtype="mixed_float16")
+        self.model = keras.Model(inputs, layer(inputs))
+        self.optimizer = optimizer
+
+    def compute(self, batch, training):
+        x, y = batch
+        prediction = tf.cast(self.model(x), tf.float32)
+        return 1e3 * tf.reduce_mean(tf.square(prediction - y)), {}
+
+
+def test_float16_overflow_skips_the_step_without_the_nan_guard(tmp_path):
+    make = lambda: Float16Task(  # noqa: E731
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1e-5))
+    )
+    init, final, result, loop = run_steps(
+        tf.distribute.get_strategy(),
+        make,
+        regression_data(),
+        tmp_path,
+        steps=20,
+        loss_scaling=True,
+    )
+    scale = float(loop.groups[0].optimizer.dynamic_scale.numpy())
+    assert scale < 32768.0  # halved on every overflowing step
+    assert result["steps"] == 20
+    assert any(not np.array_equal(a, b) for a, b in zip(init, final))
+    assert result["last_loss"] < result["first_loss"]
+
+
+def test_sigterm_stops_after_one_more_step_and_saves(tmp_path, two_replicas):
+    def preempt(step):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    make = lambda: RegressionTask(keras.optimizers.SGD(0.01))  # noqa: E731
+    keras.utils.set_random_seed(0)
+    with two_replicas.scope():
+        task = make()
+    loop = trainer.Trainer(
+        two_replicas,
+        task,
+        trainer.TrainerOptions(str(tmp_path), steps=50, verbose=False),
+    )
+    hook = trainer.Hook(3, preempt, at_end=False)
+    result = loop.fit(lambda ctx: regression_data().batch(4).repeat(), [hook])
+    # The signal arrives after step 3; step 4 carries the stop flag to
+    # every replica in its all-reduce, then all save and stop.
+    assert result["stopped_early"] and result["steps"] == 4
+    assert loop.latest_checkpoint().endswith("ckpt-4")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_hooks_run_every_n_steps_and_at_the_end(tmp_path):
+    calls = []
+
+    def hook(step):
+        calls.append(step)
+        return {"probe": step / 10}
+
+    make = lambda: RegressionTask(keras.optimizers.SGD(0.01))  # noqa: E731
+    keras.utils.set_random_seed(0)
+    task = make()
+    loop = trainer.Trainer(
+        tf.distribute.get_strategy(),
+        task,
+        trainer.TrainerOptions(
+            str(tmp_path), steps=7, verbose=False, steps_per_loop=2
+        ),
+    )
+    result = loop.fit(
+        lambda ctx: regression_data().batch(8).repeat(),
+        [trainer.Hook(3, hook)],
+    )
+    # Loops end at 2, 4, 6, 7: multiples of 3 are crossed at 4 and 6.
+    assert calls == [4, 6, 7]
+    assert result["history"]["probe"] == [[4, 0.4], [6, 0.6], [7, 0.7]]
+
+
+def test_only_the_chief_writes_the_model_directory(monkeypatch, tmp_path):
+    cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    config = {"cluster": cluster, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    # With a chief task, worker 0 is an ordinary worker.
+    assert distribute.cluster_task() == ("worker", 0, False, 3)
+    assert trainer.write_directory(str(tmp_path), None) == str(
+        tmp_path / "workertemp_0"
+    )
+    config["task"] = {"type": "chief", "index": 0}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    assert distribute.cluster_task()[2]
+    assert trainer.write_directory(str(tmp_path), None) == str(tmp_path)
+    del cluster["chief"]
+    config["task"] = {"type": "worker", "index": 0}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    assert distribute.cluster_task() == ("worker", 0, True, 2)

@@ -60,9 +60,9 @@ def pretrain_dataset(
         spec: source spec (see `sources`).
         batch_size: images per batch of this input pipeline (the trainer
             passes `input_context.get_per_replica_batch_size(global)`).
-        training: random crop, per-patch augmentation, shuffling and
-            `drop_remainder=True`; else centre crop, none of those, and a
-            smaller last batch.
+        training: random crop, per-patch augmentation and shuffling (and
+            full batches only, when repeating); else centre crop, none of
+            those, and a smaller last batch.
         image_size: side the image is resized to (aspect not kept).
         crop_size: side of the (random or centre) crop.
         patch_size, patch_stride: patch grid geometry.
@@ -125,7 +125,7 @@ def pretrain_dataset(
         return image, label
 
     ds = ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.batch(batch_size, drop_remainder=repeat)
 
     def to_patches(i, element):
         images, labels = element
@@ -197,7 +197,7 @@ def image_dataset(
         return image, label
 
     ds = ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.batch(batch_size, drop_remainder=repeat)
 
     def finish(i, element):
         images, labels = element

@@ -1,14 +1,21 @@
 """Trains a tiny CPC model a few steps with the shared trainer.
 
 Used by tests/test_distribute.py as one worker of a multi-worker run (with
-TF_CONFIG set) or as the single-process reference. Writes the final
-weights to `<out>/weights.npz`.
+TF_CONFIG set; the workers share MODEL_DIR, only the chief writes it) or
+as the single-process reference. Batch `i` is a fixed function of the
+step, so a resumed run sees what an uninterrupted one sees. Writes the
+final weights to WEIGHTS (a `.npz`).
 
-Usage: python train_tiny.py OUT_DIR STRATEGY
+With `--pause`, every worker waits at step 5 (after writing
+`MODEL_DIR/paused_<task>`) until `MODEL_DIR/go` exists or it got SIGTERM:
+a test can then preempt one worker at a known step.
+
+Usage: python train_tiny.py MODEL_DIR WEIGHTS STRATEGY [--pause]
 """
 
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,15 +23,30 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cpc_tf import distribute, encoders, trainer  # noqa: E402
+from cpc_tf import distribute, encoders, preemption, trainer  # noqa: E402
 from cpc_tf.model import build_cpc  # noqa: E402
 from cpc_tf.tasks import CPCTask  # noqa: E402
 
 GLOBAL_BATCH = 4
-STEPS = 3
+STEPS = 12
+PAUSE_AT = 5
 
 
-def main(out_dir, strategy_name):
+def pause_hook(model_dir, task_name):
+    def pause(step):
+        if step != PAUSE_AT:
+            return {}
+        open(os.path.join(model_dir, f"paused_{task_name}"), "w").close()
+        go = os.path.join(model_dir, "go")
+        while not (os.path.exists(go) or preemption.requested()):
+            time.sleep(0.05)
+        return {}
+
+    return trainer.Hook(PAUSE_AT, pause, at_end=False)
+
+
+def main(model_dir, weights_path, strategy_name, pause):
+    preemption.install()
     strategy = distribute.make_strategy(strategy_name)
     keras.utils.set_random_seed(0)
     with strategy.scope():
@@ -50,34 +72,40 @@ def main(out_dir, strategy_name):
         )
         task = CPCTask(model, keras.optimizers.SGD(0.5), "global")
     rng = np.random.default_rng(0)
-    data = rng.uniform(-1, 1, size=(STEPS * GLOBAL_BATCH, 4, 4, 8, 8, 3))
+    data = rng.uniform(-1, 1, size=(STEPS, GLOBAL_BATCH, 4, 4, 8, 8, 3))
     data = data.astype("float32")
-
-    def dataset_fn(context):
-        per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
-        batches = data.reshape(STEPS, GLOBAL_BATCH, 4, 4, 8, 8, 3)
-        start = context.input_pipeline_id * per_replica
-        mine = batches[:, start : start + per_replica]
-        return tf.data.Dataset.from_tensor_slices(mine)
-
     loop = trainer.Trainer(
         strategy,
         task,
         trainer.TrainerOptions(
-            model_dir=out_dir,
+            model_dir=model_dir,
             steps=STEPS,
             clip_global_norm=0.01,
             ema_decay=0.9999,
+            checkpoint_every=100,
             verbose=False,
         ),
     )
-    result = loop.fit(dataset_fn)
-    np.savez(
-        os.path.join(out_dir, "weights.npz"),
-        *[v.numpy() for v in model.trainable_variables],
-    )
+
+    def dataset_fn(context):
+        per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
+        start = context.input_pipeline_id * per_replica
+        mine = data[:, start : start + per_replica]
+        first = int(loop.step.numpy())
+        return tf.data.Dataset.from_tensor_slices(mine).skip(first)
+
+    task_name = distribute.cluster_task(strategy)[0] or "single"
+    task_name += str(distribute.cluster_task(strategy)[1])
+    hooks = [pause_hook(model_dir, task_name)] if pause else []
+    result = loop.fit(dataset_fn, hooks)
+    if result["stopped_early"]:
+        print("preempted at step", result["steps"], flush=True)
+        return
+    weights = [v.numpy() for v in model.trainable_variables]
+    weights += [v.numpy() for v in loop.ema.averages]
+    np.savez(weights_path, *weights)
     print("done", result["steps"], result["last_loss"], flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], "--pause" in sys.argv[4:])

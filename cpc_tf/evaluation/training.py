@@ -1,0 +1,140 @@
+"""Training a protocol's classifier with the shared trainer.
+
+`train` runs a `ClassifierTask` for a step budget on the labelled subset,
+resuming from checkpoints, with model selection: `BestCheckpoint`
+evaluates the validation split every `--eval_every` steps (and at the
+end) and keeps the weights of the best evaluation in `model_dir/best/`,
+so the test scores the best validation point, not the last step.
+"""
+
+import os
+import time
+
+import tensorflow as tf
+
+from cpc_tf import artifacts, builders, trainer
+from cpc_tf.evaluation import results as results_lib
+
+BEST_DIR = "best"
+BEST_FILE = "best.json"
+EVALUATIONS_PER_RUN = 10
+
+
+class BestCheckpoint:
+    """Keeps the weights of the best validation top-1 (model selection).
+
+    Args:
+        loop: the `trainer.Trainer` (its evaluation weights are scored).
+        model: the classifier, inputs -> logits.
+        dataset_fn: one pass over the validation images.
+        model_dir: where `best/` and `best.json` go (the chief writes).
+        use_ema: score the Polyak-averaged weights.
+    """
+
+    def __init__(self, loop, model, dataset_fn, model_dir, use_ema):
+        self.loop = loop
+        self.model = model
+        self.dataset_fn = dataset_fn
+        self.directory = os.path.join(model_dir, BEST_DIR)
+        self.record_path = os.path.join(model_dir, BEST_FILE)
+        self.use_ema = use_ema
+        self.checkpoint = tf.train.Checkpoint(model=model)
+        self.best = None
+        if tf.io.gfile.exists(self.record_path):
+            self.best = artifacts.read_json(self.record_path)
+
+    def __call__(self, step):
+        with self.loop.evaluation_weights(self.use_ema):
+            metrics = results_lib.evaluate(
+                self.loop.strategy, self.model, self.dataset_fn
+            )
+            if self.best is None or metrics["top1"] > self.best["val_top1"]:
+                self.best = dict(
+                    step=step,
+                    val_top1=metrics["top1"],
+                    val_loss=metrics["loss"],
+                )
+                self._save()
+        return {"val_top1": metrics["top1"], "val_loss": metrics["loss"]}
+
+    def _save(self):
+        if self.loop.is_chief():
+            self.checkpoint.write(os.path.join(self.directory, "weights"))
+            artifacts.write_json(self.record_path, self.best)
+        else:
+            scratch = os.path.join(self.loop.write_dir, BEST_DIR, "weights")
+            self.checkpoint.write(scratch)
+
+    def restore(self):
+        """Puts the best weights into the model; False if none was kept."""
+        if self.best is None:
+            return False
+        self.checkpoint.read(
+            os.path.join(self.directory, "weights")
+        ).assert_existing_objects_matched()
+        return True
+
+    def record(self):
+        """`{"step", "val_top1", "val_loss"}` of the kept weights."""
+        return self.best
+
+
+def evaluation_interval(options, steps):
+    """Steps between validation evaluations (`--eval_every`, or ten per
+    run)."""
+    return options.eval_every or max(1, steps // EVALUATIONS_PER_RUN)
+
+
+def train(
+    strategy,
+    task,
+    config,
+    steps,
+    inputs,
+    split,
+    model_dir=None,
+    step_offset=0,
+    verbose=True,
+    validation_fn=None,
+):
+    """Fits `task` for `steps` on the labelled ids, resuming if it can.
+
+    Args:
+        model_dir: checkpoints and logs (default: `config.run.model_dir`).
+        step_offset: added to the trainer's step to reseed the data (a
+            second phase continues the first one's stream).
+        validation_fn: one pass over the validation images; with it, the
+            best validation evaluation's weights are kept (`BestCheckpoint`).
+
+    Returns:
+        `(trainer, train_summary dict, BestCheckpoint or None)`.
+    """
+    run = config.run
+    model_dir = model_dir or run.model_dir
+    loop = trainer.Trainer(
+        strategy,
+        task,
+        builders.trainer_options(
+            run, config.optim, steps, model_dir=model_dir, verbose=verbose
+        ),
+    )
+    hooks, selection = [], None
+    if validation_fn is not None:
+        selection = BestCheckpoint(
+            loop, task.model, validation_fn, model_dir, run.use_ema
+        )
+        hooks.append(
+            trainer.Hook(evaluation_interval(config.options, steps), selection)
+        )
+    start = time.perf_counter()
+    result = loop.fit(
+        inputs.train_fn(
+            run.batch_size,
+            split.train_ids,
+            run.seed,
+            lambda: step_offset + int(loop.step.numpy()),
+        ),
+        hooks=hooks,
+    )
+    summary = results_lib.train_summary(result, time.perf_counter() - start)
+    return loop, summary, selection
