@@ -20,6 +20,7 @@ def augment_config(data):
         randaugment=data.randaugment,
         randaugment_num_ops=data.randaugment_num_ops,
         randaugment_magnitude=data.randaugment_magnitude,
+        randaugment_ops=tuple(data.randaugment_ops),
         elastic_shear_prob=data.elastic_shear_prob,
         color_histogram_prob=data.color_histogram_prob,
         color_jitter_prob=data.color_jitter_prob,

@@ -12,6 +12,7 @@ import json
 import tensorflow as tf
 
 from cpc_tf.context import DIRECTIONS
+from cpc_tf.data.augment import RANDAUGMENT_OPS
 from cpc_tf.encoders import NORMALIZATIONS, RESNET_V2_SPECS
 
 LABEL_FRACTIONS = (1, 2, 5, 10, 20, 50, 100)
@@ -92,6 +93,10 @@ class DataConfig:
     randaugment_magnitude: float = _field(
         9.0, "Step 1: op magnitude on AutoAugment's 0-10 scale (RandAugment M)."
     )
+    randaugment_ops: tuple = _field(
+        RANDAUGMENT_OPS,
+        "Step 1: the operations drawn from (default: AutoAugment's list).",
+    )
     elastic_shear_prob: float = _field(
         0.2, "Step 2: probability of elastic deformation + shear."
     )
@@ -149,6 +154,13 @@ class DataConfig:
             "grayscale_prob",
         ):
             _check_probability(self, name)
+        unknown = set(self.randaugment_ops) - set(RANDAUGMENT_OPS)
+        if unknown or not self.randaugment_ops:
+            _fail(
+                "randaugment_ops",
+                f"unknown {sorted(unknown) or 'empty list'}; choose from "
+                f"{','.join(RANDAUGMENT_OPS)}.",
+            )
         if not 0.0 <= self.randaugment_magnitude <= 10.0:
             _fail(
                 "randaugment_magnitude",

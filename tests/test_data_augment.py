@@ -305,3 +305,13 @@ def test_inception_crop():
         lambda im: augment.inception_crop(im, 16, tf.constant([1, 0]))
     )
     np.testing.assert_allclose(ds.get_single_element(), crop, atol=1e-6)
+
+
+def test_randaugment_ops_subset():
+    from cpc_tf.data.augment import AugmentConfig, sample_randaugment_ops
+
+    config = AugmentConfig(randaugment_ops=("color", "contrast"))
+    ops = sample_randaugment_ops(200, config, 3).numpy()
+    assert set(ops.ravel()) == {0, 1}  # indices into the two chosen ops
+    with pytest.raises(ValueError, match="randaugment_ops"):
+        AugmentConfig(randaugment_ops=("warp",))

@@ -3,16 +3,17 @@
 Steps, each applied to every patch (or image) on its own:
 
 1. RandAugment-style: `randaugment_num_ops` (2) operations drawn uniformly,
-   with replacement, from the AutoAugment list of Cubuk et al. (2018),
-   `RANDAUGMENT_OPS`: ShearX/Y, TranslateX/Y, Rotate, AutoContrast, Invert,
-   Equalize, Solarize, Posterize, Contrast, Color, Brightness, Sharpness,
-   Cutout (SamplePairing is left out: it mixes two images). "Default
-   parameters": one magnitude M on the AutoAugment level scale [0, 10],
-   default 9 (RandAugment's N=2, M=9 for ResNet-50 on ImageNet). At M the
-   ranges are AutoAugment's maxima times M/10: shear 0.3, translate 45% of
-   the side, rotate 30 degrees, enhance factor 1 +- 0.9, posterize to
-   8 - 4M/10 bits, solarize above 1 - M/10, cutout 36% of the side. Signed
-   operations take a random sign per patch. Geometric fills are grey (0.5).
+   with replacement, from `randaugment_ops` (default: the AutoAugment list of
+   Cubuk et al. (2018), `RANDAUGMENT_OPS`): ShearX/Y, TranslateX/Y, Rotate,
+   AutoContrast, Invert, Equalize, Solarize, Posterize, Contrast, Color,
+   Brightness, Sharpness, Cutout (SamplePairing is left out: it mixes two
+   images). "Default parameters": one magnitude M on the AutoAugment level
+   scale [0, 10], default 9 (RandAugment's N=2, M=9 for ResNet-50 on
+   ImageNet). At M the ranges are AutoAugment's maxima times M/10: shear 0.3,
+   translate 45% of the side, rotate 30 degrees, enhance factor 1 +- 0.9,
+   posterize to 8 - 4M/10 bits, solarize above 1 - M/10, cutout 36% of the
+   side. Signed operations take a random sign per patch. Geometric fills are
+   grey (0.5).
 2. With p=0.2 an elastic deformation plus shear (De Fauw et al., 2018):
    a random 3x3 grid of control-point displacements (std 4% of the side),
    upsampled bicubically, combined with a shear of up to 0.2 on each axis,
@@ -110,6 +111,7 @@ class AugmentConfig:
     randaugment: bool = True
     randaugment_num_ops: int = 2
     randaugment_magnitude: float = 9.0
+    randaugment_ops: tuple = RANDAUGMENT_OPS
     elastic_shear_prob: float = 0.2
     color_histogram_prob: float = 0.2
     color_jitter_prob: float = 0.8
@@ -133,6 +135,12 @@ class AugmentConfig:
         if num_ops < 0:
             raise ValueError(
                 f"randaugment_num_ops must be >= 0, got {num_ops}."
+            )
+        unknown = set(self.randaugment_ops) - set(RANDAUGMENT_OPS)
+        if unknown or not self.randaugment_ops:
+            raise ValueError(
+                f"randaugment_ops: unknown {sorted(unknown) or 'empty list'}; "
+                f"choose from {RANDAUGMENT_OPS}."
             )
         if not 0.0 <= self.randaugment_magnitude <= MAX_LEVEL:
             raise ValueError(
@@ -170,7 +178,7 @@ def augment_images(images, config, seed):
 
 
 def sample_randaugment_ops(num_patches, config, seed):
-    """Operation indices into `RANDAUGMENT_OPS` that `augment_patches`
+    """Operation indices into `config.randaugment_ops` that `augment_patches`
     applies for `seed`: int32 [num_patches, randaugment_num_ops]."""
     step_seed = _step_seeds(seed)[0]
     return _randaugment_draws(num_patches, config, step_seed)[0]
@@ -321,7 +329,7 @@ def _apply(images, draws, config):
     """Steps 1-4 on images [n, H, W, 3] with their draws."""
     if "ops" in draws:
         m = config.randaugment_magnitude / MAX_LEVEL
-        branches = [_op_branch(name, m) for name in RANDAUGMENT_OPS]
+        branches = [_op_branch(name, m) for name in config.randaugment_ops]
         for slot in range(config.randaugment_num_ops):
             images = _dispatch(
                 images,
@@ -380,7 +388,7 @@ def _randaugment_draws(n, config, seed):
     op_seed, param_seed = _split2(seed)
     k = config.randaugment_num_ops
     ops = tf.random.stateless_uniform(
-        [n, k], op_seed, 0, len(RANDAUGMENT_OPS), dtype=tf.int32
+        [n, k], op_seed, 0, len(config.randaugment_ops), dtype=tf.int32
     )
     uniforms = tf.random.stateless_uniform([n, k, 3], param_seed)
     return ops, uniforms
