@@ -38,6 +38,11 @@ flags.DEFINE_float("probe_fraction", 10, "Label fraction of the probe (%).")
 flags.DEFINE_list(
     "only", [], "Run only these trials (names); the table lists all done."
 )
+flags.DEFINE_list(
+    "pretrain_args",
+    [],
+    "Flags for every trial's pretraining, e.g. knn_memory=2000 (no --).",
+)
 flags.mark_flag_as_required("trials")
 
 
@@ -76,6 +81,7 @@ def run_trial(trial, values):
             "-m",
             "cpc_tf.pretrain",
             f"--flagfile={values.base}",
+            *[f"--{arg}" for arg in values.pretrain_args],
             *_flag_args(trial.get("flags", {})),
             f"--steps={steps}",
             f"--model_dir={pretrain_dir}",
