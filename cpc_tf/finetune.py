@@ -250,6 +250,11 @@ def parse_config(flag_values=cpc_flags.FLAGS):
     )
 
 
+def run_from_flags(flag_values, verbose=True):
+    """`run` on parsed flags (the report runs stages in-process with it)."""
+    return run(parse_config(flag_values), verbose=verbose)
+
+
 def main(argv):
     del argv
     config = parse_config()

@@ -237,6 +237,12 @@ def parse_config(flag_values=cpc_flags.FLAGS):
     return config, cpc_flags.geometry_given(flag_values)
 
 
+def run_from_flags(flag_values, verbose=True):
+    """`run` on parsed flags (the report runs stages in-process with it)."""
+    config, explicit = parse_config(flag_values)
+    return run(config, verbose=verbose, explicit=explicit)
+
+
 def main(argv):
     del argv
     config, explicit = parse_config()

@@ -13,6 +13,8 @@ This module does not import TensorFlow, so installing it costs nothing.
 """
 
 import contextlib
+import json
+import os
 import signal
 import threading
 
@@ -49,14 +51,22 @@ def requested():
     return _state["requested"]
 
 
-def check(num_workers=1):
+def _workers_in_tf_config():
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
+    return sum(len((cluster or {}).get(job, ())) for job in ("chief", "worker"))
+
+
+def check(num_workers=None):
     """Raises `Preempted` when SIGTERM has arrived (a safe point).
 
-    In a multi-worker cluster it does nothing: the trainer then stops every
-    worker together after one more step, so none waits in a collective.
+    In a multi-worker cluster (`num_workers` > 1; default: from TF_CONFIG)
+    it does nothing: the trainer then stops every worker together after
+    one more step, so none waits in a collective.
     """
+    if num_workers is None:
+        num_workers = max(1, _workers_in_tf_config())
     if _state["requested"] and num_workers == 1:
-        raise Preempted("SIGTERM before training started")
+        raise Preempted("SIGTERM before the work was done")
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from cpc_tf import (
     splits,
     trainer,
 )
+from cpc_tf import flags as cpc_flags
 from cpc_tf.config import (
     DataConfig,
     KnnConfig,
@@ -182,11 +183,19 @@ def run(config, verbose=True, strategy=None):
     return summary
 
 
+def parse_config(flag_values=cpc_flags.FLAGS):
+    """The `PretrainConfig` of parsed flags (a bad one raises FlagError)."""
+    return cpc_flags.config_from_flags(PretrainConfig, flag_values)
+
+
+def run_from_flags(flag_values, verbose=True):
+    """`run` on parsed flags (the report runs stages in-process with it)."""
+    return run(parse_config(flag_values), verbose=verbose)
+
+
 def main(argv):
     del argv
-    from cpc_tf import flags as cpc_flags
-
-    config = cpc_flags.config_from_flags(PretrainConfig)
+    config = parse_config()
     summary = run(config)
     if summary.get("preempted"):
         print(
@@ -206,11 +215,14 @@ def main(argv):
     )
 
 
-def define_flags():
-    from cpc_tf import flags as cpc_flags
-
+def define_flags(flag_values=cpc_flags.FLAGS):
     cpc_flags.define_config_flags(
-        DataConfig, ModelConfig, OptimConfig, RunConfig, KnnConfig
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        KnnConfig,
+        flag_values=flag_values,
     )
 
 

@@ -8,9 +8,10 @@ then for each label fraction and each of `--seeds` seeds runs linear
 evaluation on the CPC features, the same probe on a randomly initialised
 encoder, fine-tuning of the CPC encoder, the supervised baseline from
 scratch and a logistic regression on raw pixels (`reporting.plan`). Each
-stage is the ordinary entry point run as a subprocess with its flagfile
-(`--linear_flagfile`, ...) and the pretraining run's data flags, in its
-own directory under `--report_dir`; a stage whose results exist is not
+stage is the ordinary entry point (run in this process, or in one of its
+own with `--stage_processes`) with its flagfile (`--linear_flagfile`,
+...) and the pretraining run's data flags, in its own directory under
+`--report_dir`; a stage whose results exist is not
 run again, so an interrupted report resumes where it stopped. After every
 stage it rewrites `report.json`, `report.md` (mean ± std over seeds, the
 test set and whether pretraining saw it, the readout) and `report.png`
@@ -18,11 +19,14 @@ test set and whether pretraining saw it, the readout) and `report.png`
 k-NN monitor during pretraining).
 """
 
+import contextlib
+import importlib
 import os
 import subprocess
 import sys
 import time
 
+import keras
 import tensorflow as tf
 from absl import app, flags
 
@@ -40,8 +44,8 @@ from cpc_tf.config import (
 
 
 def run_stage(stage, log_path):
-    """Runs one stage's entry point, its output streamed to `log_path`;
-    raises with the log's tail on failure."""
+    """Runs one stage's entry point in a subprocess, its output streamed
+    to `log_path`; raises with the log's tail on failure."""
     command = [sys.executable, "-m", stage.module, *stage.args]
     tail = []
     with tf.io.gfile.GFile(log_path, "w") as log:
@@ -64,6 +68,24 @@ def run_stage(stage, log_path):
         )
 
 
+def run_stage_in_process(stage, log_path):
+    """Runs one stage's entry point in this process (no interpreter and
+    TensorFlow start-up per stage); its printed output goes to
+    `log_path`."""
+    module = importlib.import_module(stage.module)
+    values = flags.FlagValues()
+    module.define_flags(values)
+    values([stage.module, *stage.args])
+    with tf.io.gfile.GFile(log_path, "w") as log:
+        log.write(" ".join(["python -m", stage.module, *stage.args]) + "\n")
+        with (
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
+            module.run_from_flags(values, verbose=False)
+    keras.backend.clear_session(free_memory=True)
+
+
 def run_report(
     config,
     report_dir,
@@ -73,11 +95,14 @@ def run_report(
     seeds=1,
     verbose=True,
     run_stages=True,
+    in_process=True,
 ):
     """Runs (or resumes) every stage and writes the report files.
 
     With `run_stages=False` it only writes the files from the stages that
-    have finished. Returns `(report dict, markdown)`.
+    have finished; `in_process=False` runs each stage in a subprocess of
+    its own (isolation for large models). Returns `(report dict,
+    markdown)`.
     """
     tf.io.gfile.makedirs(report_dir)
     with tf.io.gfile.GFile(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
@@ -112,7 +137,8 @@ def run_report(
             print(f"{prefix}: running ...", flush=True)
         stage_start = time.perf_counter()
         tf.io.gfile.makedirs(stage.directory)
-        run_stage(stage, os.path.join(report_dir, f"{stage.name}.log"))
+        runner = run_stage_in_process if in_process else run_stage
+        runner(stage, os.path.join(report_dir, f"{stage.name}.log"))
         timings[stage.name] = time.perf_counter() - stage_start
         if verbose:
             print(
@@ -203,6 +229,12 @@ def define_flags():
         True,
         "[report] false: only write the report of the finished stages.",
     )
+    flags.DEFINE_bool(
+        "stage_processes",
+        False,
+        "[report] Run each stage in a process of its own (isolation for "
+        "large models) instead of in this one (no start-up per stage).",
+    )
     for method, default in (
         ("linear", "flags/linear_demo.cfg"),
         ("finetune", "flags/finetune_demo.cfg"),
@@ -259,6 +291,7 @@ def main(argv):
         overrides,
         seeds=flag_values.seeds,
         run_stages=flag_values.run_stages,
+        in_process=not flag_values.stage_processes,
     )
     print(text)
 

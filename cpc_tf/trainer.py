@@ -452,14 +452,19 @@ class Trainer:
                         hook.at_end and step == options.steps
                     ):
                         hook_start = time.perf_counter()
-                        values = {k: float(v) for k, v in hook.fn(step).items()}
+                        try:
+                            scores = hook.fn(step)
+                        except preemption.Preempted:
+                            # SIGTERM during a hook: save the steps done.
+                            scores, stopped = {}, True
+                        scores = {k: float(v) for k, v in scores.items()}
                         hook_seconds += time.perf_counter() - hook_start
-                        for name, value in values.items():
+                        for name, value in scores.items():
                             history.setdefault(name, []).append([step, value])
-                        shown.update(values)
+                        shown.update(scores)
                         if writer is not None:
                             with writer.as_default(step=step):
-                                for name, value in values.items():
+                                for name, value in scores.items():
                                     tf.summary.scalar(name, value)
                 if writer is not None and (
                     self._due(options.log_every, step, done)

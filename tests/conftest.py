@@ -36,6 +36,14 @@ TINY_BACKBONE = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def _free_keras_state():
+    """Drops the models a test built, so that the test process stays small
+    (the v2 test's subprocess needs most of the machine's memory)."""
+    yield
+    keras.backend.clear_session(free_memory=True)
+
+
 @pytest.fixture
 def two_replicas():
     from cpc_tf import distribute

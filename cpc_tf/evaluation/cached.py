@@ -11,6 +11,7 @@ weighted k-NN classifier, and tests once.
 import keras
 import numpy as np
 
+from cpc_tf import preemption
 from cpc_tf.evaluation import feature_cache, features, knn, probe
 from cpc_tf.evaluation import inputs as inputs_lib
 from cpc_tf.evaluation.configs import _flag_error
@@ -53,6 +54,7 @@ def embed(
         return inputs.eval_fn(spec, batch, ids)
 
     def part(spec, ids):
+        preemption.check()
         if cache is None:
             return features.extract(strategy, encoder, eval_fn(spec, ids))
         directory, key, write = cache

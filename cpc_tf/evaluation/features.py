@@ -3,11 +3,14 @@
 `extract` runs the encoder over one pass of a dataset under the strategy
 and gathers the spatially mean-pooled features of every replica and worker
 on the host: the appendix-B head is affine per grid position, so its
-logits are a linear function of the pooled features.
+logits are a linear function of the pooled features. SIGTERM stops it at
+the next batch (`preemption.Preempted`: nothing to save).
 """
 
 import numpy as np
 import tensorflow as tf
+
+from cpc_tf import preemption
 
 
 def pooled(features):
@@ -46,6 +49,7 @@ def extract(strategy, encoder, dataset_fn):
 
     chunks, labels = [], []
     for batch in dataset:
+        preemption.check()
         features, batch_labels = step(batch)
         chunks.append(features.numpy())
         labels.append(batch_labels.numpy())

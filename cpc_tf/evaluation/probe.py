@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cpc_tf import preemption
+
 _EPSILON = 1e-3  # BatchNormalization's default
 
 
@@ -134,6 +136,7 @@ def train_probe(train, validation, num_classes, options, seed=0):
     rng = np.random.default_rng(seed)
     batch = tf.constant(min(options.probe_batch_size, len(train[1])))
     for epoch in range(1, options.probe_epochs + 1):
+        preemption.check()
         heads.train_epoch(
             x, y, tf.constant(rng.permutation(len(train[1]))), batch
         )
