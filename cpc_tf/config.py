@@ -86,6 +86,15 @@ class DataConfig:
         "", "Where label subsets are written/read ('' = model_dir)."
     )
     shuffle_buffer: int = _field(10000, "Shuffle buffer (examples).")
+    crop_min_area: float = _field(
+        0.08,
+        "Whole-image training (supervised, fine-tuning): the smallest area "
+        "fraction of the Inception random-sized crop (Inception's 0.08).",
+    )
+    random_flip: bool = _field(
+        True,
+        "Whole-image training: random left-right flips (off for digits).",
+    )
     randaugment: bool = _field(
         True, "Step 1: two AutoAugment/RandAugment ops per patch."
     )
@@ -146,6 +155,10 @@ class DataConfig:
             _fail(
                 "eval_data",
                 "'holdout' tests on the --holdout images; set --holdout.",
+            )
+        if not 0.0 < self.crop_min_area <= 1.0:
+            _fail(
+                "crop_min_area", f"must be in (0, 1], got {self.crop_min_area}."
             )
         for name in (
             "elastic_shear_prob",

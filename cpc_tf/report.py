@@ -28,7 +28,7 @@ import time
 
 import keras
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 
 from cpc_tf import artifacts, reporting, runtime
 from cpc_tf import flags as cpc_flags
@@ -252,6 +252,7 @@ def define_flags():
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # the stages' INFO lines
     config = cpc_flags.config_from_flags(PretrainConfig)
     flag_values = flags.FLAGS
     try:

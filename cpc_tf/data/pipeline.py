@@ -10,7 +10,8 @@ crop, grid, no augmentation, no shuffle; `eval_patches` is exactly that on
 a batch, for serving.
 
 Whole images (supervised baseline, fine-tuning; appendix C): training is
-an Inception random-sized crop and a random left-right flip per element,
+an Inception random-sized crop (smallest area `crop_min_area`) and a
+random left-right flip (unless `flip=False`) per element,
 then augmentation steps 1-4 per batch; evaluation resizes the shorter side
 to `image_size / 0.875` and takes the centre `image_size` crop
 (`eval_image`).
@@ -158,10 +159,14 @@ def image_dataset(
     repeat=True,
     shuffle_buffer=4096,
     cache=False,
+    crop_min_area=0.08,
+    flip=True,
 ):
     """Batches of whole images for the supervised baseline and fine-tuning.
 
-    Arguments as in `pretrain_dataset`; `cache` keeps the decoded images.
+    Arguments as in `pretrain_dataset`; `cache` keeps the decoded images;
+    `crop_min_area` is the smallest area fraction of the training crop
+    (Inception's 0.08); `flip` the random left-right flip.
 
     Returns:
         `(dataset, info)`; elements `(images, labels)`: float32
@@ -192,8 +197,11 @@ def image_dataset(
     def crop(i, element):
         image, label = element
         crop_i, flip_i = _split(_fold(crop_seed, i))
-        image = augment_lib.inception_crop(image, image_size, crop_i)
-        image = tf.image.stateless_random_flip_left_right(image, flip_i)
+        image = augment_lib.inception_crop(
+            image, image_size, crop_i, area_range=(crop_min_area, 1.0)
+        )
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, flip_i)
         return image, label
 
     ds = ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE)

@@ -56,7 +56,12 @@ class Inputs:
                 **kwargs,
             )
         else:
-            dataset, _ = pipeline.image_dataset(spec, **kwargs)
+            dataset, _ = pipeline.image_dataset(
+                spec,
+                crop_min_area=data.crop_min_area,
+                flip=data.random_flip,
+                **kwargs,
+            )
         return dataset
 
     def train_fn(self, global_batch, ids, seed, steps_done):
