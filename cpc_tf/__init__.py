@@ -13,10 +13,9 @@ if sys.argv and sys.argv[0] == "-m":
 
 
 def __getattr__(name):
-    # Lazy, so that `import cpc_tf.losses` does not import TensorFlow and
-    # `python -m cpc_tf.export` does not import its own module twice.
+    # Lazy, so that `import cpc_tf.losses` does not import TensorFlow.
     if name == "load_encoder":
-        from cpc_tf.export import load_encoder
+        from cpc_tf.transfer import load_encoder
 
         return load_encoder
     raise AttributeError(f"module 'cpc_tf' has no attribute {name!r}")

@@ -7,7 +7,8 @@ accuracy of the positive, averaged over offsets). Training sums the losses
 over directions: `model.compile(optimizer, clip_global_norm=0.01,
 ema_decay=0.9999)` + `model.fit(patches)` trains it exactly as
 `cpc_tf.pretrain` does, because `train_step` runs the trainer's step
-(`cpc_tf.tasks.keras_train_step`, TensorFlow backend): one all-reduce,
+(`cpc_tf.tasks.keras_train_step`, TensorFlow backend, with
+`cpc_tf.steps.replica_step`): one all-reduce,
 the clip of the summed gradient, the update and the Polyak average.
 `model.encoder` is the patch encoder alone.
 

@@ -2,10 +2,10 @@
 
 import tensorflow as tf
 
-from cpc_tf import distribute, trainer
+from cpc_tf import distribute, steps
 
 
-class CPCTask(trainer.Task):
+class CPCTask(steps.Task):
     """The CPC objective summed over directions; `negatives` local/global.
 
     With global negatives every replica computes the global loss: its
@@ -52,9 +52,7 @@ class CPCTask(trainer.Task):
 
     def optimizer_groups(self):
         return [
-            trainer.OptimizerGroup(
-                self.optimizer, self.model.trainable_variables
-            )
+            steps.OptimizerGroup(self.optimizer, self.model.trainable_variables)
         ]
 
 
@@ -68,18 +66,16 @@ def prepare_keras_training(model, clip_global_norm, ema_decay, negatives):
     if ema_decay:
         if not model.built:
             raise ValueError("Build the CPC model before compiling with EMA.")
-        model.polyak = trainer.PolyakAverage(
-            model.trainable_variables, ema_decay
-        )
+        model.polyak = steps.PolyakAverage(model.trainable_variables, ema_decay)
     distribute.skip_gradient_aggregation(model.optimizer)
     model.optimizer.build(model.trainable_variables)
 
 
 def keras_train_step(model, data):
-    """`CPC.train_step`: the trainer's step (`trainer.replica_step`) for
+    """`CPC.train_step`: the trainer's step (`steps.replica_step`) for
     Keras `fit`, in replica context. Returns the running metrics."""
     task = CPCTask(model, model.optimizer, model.negatives)
-    loss, terms, norm, _, _ = trainer.replica_step(
+    loss, terms, norm, _, _ = steps.replica_step(
         task,
         task.optimizer_groups(),
         data,

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from cpc_tf import encoders, trainer
+from cpc_tf import encoders, steps
 
 
 def linear_head(feature_shape, num_classes, name="linear_head", l2=0.0):
@@ -92,12 +92,12 @@ def l2_penalty(variables, strength):
     if not strength or not kernels:
         return tf.zeros((), tf.float32)
     total = tf.add_n(
-        [tf.nn.l2_loss(tf.cast(trainer._value(v), tf.float32)) for v in kernels]
+        [tf.nn.l2_loss(tf.cast(steps._value(v), tf.float32)) for v in kernels]
     )
     return strength * total
 
 
-class ClassifierTask(trainer.Task):
+class ClassifierTask(steps.Task):
     """Softmax cross-entropy of `head(encoder(inputs))`.
 
     Args:
@@ -155,15 +155,13 @@ class ClassifierTask(trainer.Task):
     def optimizer_groups(self):
         if self.encoder_optimizer is None:
             return [
-                trainer.OptimizerGroup(
+                steps.OptimizerGroup(
                     self.optimizer, self.model.trainable_variables
                 )
             ]
         return [
-            trainer.OptimizerGroup(
-                self.optimizer, self.head.trainable_variables
-            ),
-            trainer.OptimizerGroup(
+            steps.OptimizerGroup(self.optimizer, self.head.trainable_variables),
+            steps.OptimizerGroup(
                 self.encoder_optimizer, self.encoder.trainable_variables
             ),
         ]
