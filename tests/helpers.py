@@ -31,6 +31,7 @@ FAST = [
     "--target_dim=8",
     "--batch_size=4",
     "--shuffle_buffer=16",
+    "--knn_every=0",
 ]
 
 
