@@ -97,6 +97,18 @@ def test_mnist5k_is_a_fixed_balanced_split():
     assert not any(im.tobytes() in train_bytes for im in test)
 
 
+def test_mnist5k_subset_selects_in_memory_like_the_filter():
+    full, _ = sources.open_indexed_source("mnist5k:train")
+    full = list(full.as_numpy_iterator())
+    ds, _ = sources.open_indexed_source("mnist5k:train", ids=[9, 2, 2, 9999])
+    subset = list(ds.as_numpy_iterator())
+    assert [int(e["index"]) for e in subset] == [2, 9]  # sorted, in range
+    for element in subset:
+        expected = full[int(element["index"])]
+        assert np.array_equal(element["image"], expected["image"])
+        assert element["label"] == expected["label"]
+
+
 @pytest.mark.parametrize(
     "spec",
     ["mnist5k:val", "imagenet", "foo:bar", "tfds:cifar10", "mnist5k:"],

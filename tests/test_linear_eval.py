@@ -48,6 +48,7 @@ def linear_config(
             probe_l2=(1e-4, 1e-2),
             probe_epochs=30,
             probe_patience=5,
+            probe_min_steps=0,
         ),
     )
 

@@ -61,3 +61,26 @@ def test_cached_probe_matches_sklearn_logistic_regression():
     assert ours > 0.85
     assert record["l2"] in l2_values and record["epochs"] >= 1
     assert len(record["trials"]) == len(l2_values)
+
+
+@pytest.mark.parametrize("min_steps, epochs_run", [(0, 3), (100, 11)])
+def test_small_label_sets_get_patience_in_steps(min_steps, epochs_run):
+    # 40 rows make one Adam step per epoch. The one validation image is
+    # right after the first step and can never improve: the run stops
+    # `patience` epochs later, patience raised to a tenth of min_steps.
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 2
+    features = rng.normal(size=(40, 4)).astype("float32")
+    features[:, 0] += 10.0 * (2 * labels - 1)
+    validation = (np.array([[-10.0, 0, 0, 0]], "float32"), np.array([0]))
+    options = ProbeOptions(
+        pretrained_dir="unused",
+        probe="cached",
+        probe_l2=(0.0,),
+        probe_epochs=10,
+        probe_patience=2,
+        probe_min_steps=min_steps,
+    )
+    _, record = probe.train_probe((features, labels), validation, 2, options)
+    assert record["val_top1"] == 1.0 and record["epochs"] == 1
+    assert record["epochs_run"] == epochs_run

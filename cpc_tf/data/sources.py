@@ -163,9 +163,7 @@ def open_indexed_source(
     """
     kind, rest = _split_kind(spec)
     if kind == "mnist5k":
-        ds, num_classes, num_examples = _mnist5k(spec, rest)
-        if ids is not None:
-            ds = subsets.apply_subset(ds, ids)
+        ds, num_classes, num_examples = _mnist5k(spec, rest, ids)
         ds = _shard_elements(ds, input_context)
         return ds, SourceInfo(spec, num_classes, num_examples, SkipCounter())
     if kind == "tfds":
@@ -335,15 +333,21 @@ def _mnist5k_split_ids():
     return {"train": rng.permutation(train), "test": rng.permutation(test)}
 
 
-def _mnist5k(spec, rest):
+def _mnist5k(spec, rest, subset=None):
+    """The split as a dataset; `subset` (source indices) selects rows in
+    memory, in index order, instead of filtering the split every epoch."""
     split = _mnist5k_split(spec, rest)
     images, labels = _mnist5k_arrays()
     ids = _mnist5k_split_ids()[split]
+    index = np.arange(len(ids), dtype=np.int64)
+    if subset is not None:
+        index = subsets.as_ids(subset)
+        index = index[index < len(ids)]
     ds = tf.data.Dataset.from_tensor_slices(
         {
-            "image": images[ids][..., None],
-            "label": labels[ids],
-            "index": np.arange(len(ids), dtype=np.int64),
+            "image": images[ids[index]][..., None],
+            "label": labels[ids[index]],
+            "index": index,
         }
     )
     ds = ds.map(

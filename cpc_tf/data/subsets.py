@@ -103,7 +103,7 @@ def holdout_split(labels, holdout, seed):
 
 def save_subset(path, ids):
     """Writes indices to a text file, one per line."""
-    ids = _as_ids(ids)
+    ids = as_ids(ids)
     directory = os.path.dirname(path)
     if directory:
         tf.io.gfile.makedirs(directory)
@@ -122,7 +122,7 @@ def load_subset(path):
         ids = [int(line) for line in lines if line and line[0] != "#"]
     except ValueError as e:
         raise ValueError(f"Subset file {path!r} is malformed: {e}") from e
-    return _as_ids(ids, where=path)
+    return as_ids(ids, where=path)
 
 
 def apply_subset(dataset, ids):
@@ -139,7 +139,7 @@ def apply_subset(dataset, ids):
     Returns:
         The filtered dataset, elements unchanged.
     """
-    table = tf.constant(_as_ids(ids))
+    table = tf.constant(as_ids(ids))
     size = int(table.shape[0])
 
     def keep(index):
@@ -164,7 +164,8 @@ def _as_labels(labels):
     return labels
 
 
-def _as_ids(ids, where="ids"):
+def as_ids(ids, where="ids"):
+    """Sorted unique int64 indices; a clear error if empty or negative."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if ids.size == 0:
         raise ValueError(f"The subset {where} is empty.")

@@ -112,6 +112,12 @@ class ProbeOptions(LinearOptions):
     probe_patience: int = _field(
         20, "cached: stop after this many epochs without a better validation."
     )
+    probe_min_steps: int = _field(
+        2000,
+        "cached: raise --probe_epochs to at least this many Adam steps and "
+        "--probe_patience to a tenth of them (a small label set makes one "
+        "step per epoch).",
+    )
     probe_batch_size: int = _field(512, "cached: batch size of the head.")
     probe_learning_rate: float = _field(1e-3, "cached: Adam learning rate.")
     probe_cache: bool = _field(
@@ -139,6 +145,8 @@ class ProbeOptions(LinearOptions):
         for name in ("probe_epochs", "probe_patience", "probe_batch_size"):
             if getattr(self, name) < 1:
                 _fail(name, f"must be >= 1, got {getattr(self, name)}.")
+        if self.probe_min_steps < 0:
+            _fail("probe_min_steps", "must be >= 0.")
         if self.probe_learning_rate <= 0:
             _fail("probe_learning_rate", "must be > 0.")
 

@@ -9,9 +9,12 @@ one softmax classifier per L2 strength of `--probe_l2` trains at once
 (the strengths are a batch dimension) with Adam on the penalty
 `l2 / 2 * sum(kernel ** 2)`, each keeping its best epoch on the
 validation images, until none has improved for `--probe_patience` epochs
-(at most `--probe_epochs`). The strength with the best validation
-accuracy wins and is tested once. Converged, it is multinomial logistic
-regression with that penalty (tested against scikit-learn).
+(at most `--probe_epochs`; both raised to cover `--probe_min_steps` and a
+tenth of it in Adam steps, since a small label set is one step per epoch
+and the first steps' validation accuracy is noisy). The strength with the
+best validation accuracy wins and is tested once. Converged, it is
+multinomial logistic regression with that penalty (tested against
+scikit-learn).
 """
 
 import keras
@@ -110,7 +113,8 @@ def train_probe(train, validation, num_classes, options, seed=0):
         train, validation: `(features [N, D], labels [N])` arrays.
         num_classes: number of classes.
         options: `configs.ProbeOptions` (`probe_l2`, `probe_epochs`,
-            `probe_patience`, `probe_batch_size`, `probe_learning_rate`).
+            `probe_patience`, `probe_min_steps`, `probe_batch_size`,
+            `probe_learning_rate`).
         seed: shuffling seed.
 
     Returns:
@@ -134,8 +138,17 @@ def train_probe(train, validation, num_classes, options, seed=0):
     best_epoch = np.zeros(len(l2), np.int64)
     best_weights = [heads.kernel.numpy(), heads.bias.numpy()]
     rng = np.random.default_rng(seed)
-    batch = tf.constant(min(options.probe_batch_size, len(train[1])))
-    for epoch in range(1, options.probe_epochs + 1):
+    batch = min(options.probe_batch_size, len(train[1]))
+    steps_per_epoch = -(-len(train[1]) // batch)
+    max_epochs = max(
+        options.probe_epochs, -(-options.probe_min_steps // steps_per_epoch)
+    )
+    patience = max(
+        options.probe_patience,
+        -(-options.probe_min_steps // (10 * steps_per_epoch)),
+    )
+    batch = tf.constant(batch)
+    for epoch in range(1, max_epochs + 1):
         preemption.check()
         heads.train_epoch(
             x, y, tf.constant(rng.permutation(len(train[1]))), batch
@@ -148,7 +161,7 @@ def train_probe(train, validation, num_classes, options, seed=0):
             best_weights[1][better] = bias[better]
             best[better] = accuracy[better]
             best_epoch[better] = epoch
-        if epoch - best_epoch.max() >= options.probe_patience:
+        if epoch - best_epoch.max() >= patience:
             break
     chosen = int(np.argmax(best))
     trials = [
