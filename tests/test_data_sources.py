@@ -271,3 +271,14 @@ def test_real_cifar10_tfrecords():
     assert [im.shape for im in images] == [(32, 32, 3)] * 20
     # The shards hold one class each; the fixed order interleaves them.
     assert labels[:10] == list(range(10))
+
+
+def test_small_label_subset_is_read_once(tmp_path):
+    pattern = _write_tfrecords(tmp_path, [[0, 1, 2], [3, 4]])
+    ds, _ = sources.open_indexed_source(f"tfrecord:{pattern}", ids=[4, 1])
+    epochs = iter(ds.repeat(2))
+    first = [int(next(epochs)["index"]) for _ in range(2)]
+    for path in tmp_path.glob("part-*.tfrecord"):
+        path.unlink()  # the second epoch can only come from memory
+    second = [int(e["index"]) for e in epochs]
+    assert first == second and sorted(first) == [1, 4]
