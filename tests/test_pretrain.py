@@ -124,22 +124,29 @@ def test_v2_without_imagenet_fails_clearly(tmp_path):
     assert not os.path.exists(f"{tmp_path}/run/checkpoints")
 
 
-def wait_for(path, process, timeout=START_TIMEOUT):
-    """Waits for `path` to exist (an event, not a time)."""
+def wait_for(path, process, timeout=START_TIMEOUT, ready=os.path.exists):
+    """Waits until `ready(path)` (an event, not a time)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if os.path.exists(path):
+        if ready(path):
             return
         if process.poll() is not None:
             raise AssertionError(process.stdout.read()[-3000:])
         time.sleep(0.05)
-    raise AssertionError(f"no {path} after {timeout} s")
+    raise AssertionError(f"{path} not ready after {timeout} s")
 
 
 def wait_for_checkpoint(directory, step, process):
-    wait_for(
-        os.path.join(directory, "checkpoints", f"ckpt-{step}.index"), process
-    )
+    """Waits until a checkpoint at `step` or later is recorded in the
+    `checkpoint` state file (the `.index` is written before it: a run
+    killed in between resumes from the one before)."""
+
+    def recorded(checkpoints):
+        state = tf.train.get_checkpoint_state(checkpoints)
+        latest = state.model_checkpoint_path if state else "ckpt-0"
+        return int(latest.rsplit("-", 1)[1]) >= step
+
+    wait_for(os.path.join(directory, "checkpoints"), process, ready=recorded)
 
 
 @pytest.mark.slow
