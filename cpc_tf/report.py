@@ -96,6 +96,7 @@ def run_report(
     verbose=True,
     run_stages=True,
     in_process=True,
+    methods=None,
 ):
     """Runs (or resumes) every stage and writes the report files.
 
@@ -108,7 +109,7 @@ def run_report(
     with tf.io.gfile.GFile(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
         f.write("\n".join(reporting.config_flag_lines(config)) + "\n")
     stages = reporting.plan(
-        config, report_dir, fractions, flagfiles, overrides, seeds
+        config, report_dir, fractions, flagfiles, overrides, seeds, methods
     )
     start = time.perf_counter()
     # Stage times accumulate over invocations (a resumed report keeps them).
@@ -224,6 +225,11 @@ def define_flags():
     flags.DEFINE_integer(
         "seeds", 1, "[report] Evaluation seeds per cell (mean ± std)."
     )
+    flags.DEFINE_list(
+        "methods",
+        list(reporting.METHODS),
+        "[report] Methods to run: " + ", ".join(reporting.METHODS) + ".",
+    )
     flags.DEFINE_bool(
         "run_stages",
         True,
@@ -261,6 +267,12 @@ def main(argv):
         raise FlagError(f"--fractions: {error}") from None
     if flag_values.seeds < 1:
         raise FlagError(f"--seeds: must be >= 1, got {flag_values.seeds}.")
+    unknown = sorted(set(flag_values.methods) - set(reporting.METHODS))
+    if unknown or not flag_values.methods:
+        given = f"unknown {', '.join(unknown)}" if unknown else "none given"
+        raise FlagError(
+            f"--methods: {given}; choose from {', '.join(reporting.METHODS)}."
+        )
     linear = flag_values.linear_flagfile
     flagfiles = dict(
         linear_cpc=linear,
@@ -293,6 +305,7 @@ def main(argv):
         seeds=flag_values.seeds,
         run_stages=flag_values.run_stages,
         in_process=not flag_values.stage_processes,
+        methods=flag_values.methods,
     )
     print(text)
 

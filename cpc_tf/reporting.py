@@ -62,7 +62,9 @@ class Stage:
         return self.args[-1].split("=", 1)[1]
 
 
-def plan(config, report_dir, fractions, flagfiles, overrides, seeds=1):
+def plan(
+    config, report_dir, fractions, flagfiles, overrides, seeds=1, methods=None
+):
     """The stages of a report, pretraining first.
 
     Args:
@@ -73,6 +75,7 @@ def plan(config, report_dir, fractions, flagfiles, overrides, seeds=1):
         overrides: dict method -> extra `--flag=value` arguments.
         seeds: evaluation seeds per cell (`config.run.seed`, +1, ...); one
             pretrained encoder serves them all.
+        methods: the `METHODS` to run (default: all), in `METHODS` order.
     """
     pretrain_dir = os.path.join(report_dir, "pretrain")
     data = config.data
@@ -106,6 +109,8 @@ def plan(config, report_dir, fractions, flagfiles, overrides, seeds=1):
         supervised=("cpc_tf.supervised", whole_image),
         pixels=("cpc_tf.linear_eval", pixels),
     )
+    if methods is not None:
+        modules = {k: v for k, v in modules.items() if k in methods}
     for fraction in fractions:
         for offset in range(seeds):
             seed = config.run.seed + offset

@@ -228,6 +228,42 @@ def test_evaluate_counts_top1_top5_over_replicas_and_partial_batches():
         assert metrics["top5"] == pytest.approx(expected5)
 
 
+def test_evaluator_traces_once_and_reads_a_cached_set_once():
+    """Repeated validation passes (model selection) reuse one traced step
+    and one dataset: no retracing, a cached set is read once."""
+    reads = []
+
+    def record(x):
+        reads.append(1)
+        return x
+
+    with tf.distribute.get_strategy().scope():
+        inputs = keras.Input((3,))
+        model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+
+    def dataset_fn(ctx):
+        ds = tf.data.Dataset.from_tensor_slices(
+            (np.eye(3, dtype="float32")[[0, 1, 2, 0, 1]], [0, 1, 2, 3, 1])
+        )
+        ds = ds.map(
+            lambda x, y: (tf.numpy_function(record, [x], tf.float32), y)
+        )
+        ds = ds.map(lambda x, y: (tf.ensure_shape(x, (3,)), y)).cache()
+        return ds.batch(ctx.get_per_replica_batch_size(2))
+
+    evaluator = evaluation.Evaluator(
+        tf.distribute.get_strategy(), model, dataset_fn
+    )
+    first = evaluator()
+    traces = evaluator.step.experimental_get_tracing_count()
+    model.layers[-1].kernel.assign(model.layers[-1].kernel * 2.0)
+    second = evaluator()
+    assert evaluator.step.experimental_get_tracing_count() == traces
+    assert len(reads) == 5
+    assert first["examples"] == second["examples"] == 5
+    assert first["loss"] != second["loss"]  # the new weights were used
+
+
 # -- splits, pretrained directories, flags -------------------------------------
 
 

@@ -49,6 +49,24 @@ def test_plan_runs_every_method_per_fraction_and_seed(tmp_path):
     assert {s.seed for s in stages[1:]} == {0, 1}
 
 
+def test_plan_runs_only_the_methods_asked_for(tmp_path):
+    config = parse(f"--flagfile={ROOT}/flags/demo.cfg")
+    flagfiles = {m: f"flags/{m}.cfg" for m in reporting.METHODS}
+    stages = reporting.plan(
+        config,
+        str(tmp_path),
+        [10],
+        flagfiles,
+        {},
+        methods=["pixels", "linear_cpc"],
+    )
+    assert [s.name for s in stages] == [
+        "pretrain",
+        "linear_cpc_10pct",
+        "pixels_10pct",
+    ]
+
+
 def records(values):
     return [
         dict(method=m, label_fraction=f, seed=s, top1=v)
@@ -140,3 +158,25 @@ def test_report_end_to_end_and_resume(tmp_path):
     resumed = json.loads((tmp_path / "report.json").read_text())
     assert resumed["stage_seconds"] == data["stage_seconds"]
     assert len(data["stage_seconds"]) == stages
+
+
+def test_unknown_method_fails_in_a_line(tmp_path):
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cpc_tf.report",
+            "--flagfile=flags/report_demo.cfg",
+            "--methods=linear_cpc,knn",
+            f"--report_dir={tmp_path}/report",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 1
+    errors = [line for line in output.splitlines() if "--methods" in line]
+    assert errors and "knn" in errors[0], output[-2000:]
+    assert "Traceback" not in output
+    assert not os.path.exists(f"{tmp_path}/report")

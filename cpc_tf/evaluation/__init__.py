@@ -55,6 +55,7 @@ from cpc_tf.evaluation.pretrained import (
 from cpc_tf.evaluation.results import (
     CLASSIFIER_FILE,
     RESULTS_FILE,
+    Evaluator,
     dump,
     evaluate,
     finish,
@@ -92,6 +93,7 @@ __all__ = [
     "ProbeOptions",
     "ProtocolTuner",
     "SearchConfig",
+    "Evaluator",
     "SupervisedConfig",
     "SupervisedOptions",
     "classifier",

@@ -1,8 +1,9 @@
 """Scoring and reporting: top-1/top-5 over a dataset, `results.json`.
 
-`evaluate` sums hits over replicas and workers; `finish` tests a trained
-classifier once (after model selection on the validation split, when the
-run has one), saves `classifier.keras` and writes `results.json`.
+`Evaluator` (and one-shot `evaluate`) sums hits over replicas and
+workers; `finish` tests a trained classifier once (after model selection
+on the validation split, when the run has one), saves `classifier.keras`
+and writes `results.json`.
 """
 
 import contextlib
@@ -20,27 +21,31 @@ RESULTS_FILE = "results.json"
 CLASSIFIER_FILE = "classifier.keras"
 
 
-def evaluate(strategy, model, dataset_fn):
-    """Top-1 and top-5 accuracy and mean loss of `model` over a dataset.
+class Evaluator:
+    """Top-1 and top-5 accuracy and mean loss of `model` over a dataset,
+    as often as asked: the dataset and the traced step are built once, so
+    the validation evaluations of a run cost their compute only (no
+    retracing, and a cached subset is read once).
 
     Args:
         strategy: the `tf.distribute` strategy `model` was built under.
         model: inputs -> logits `[B, C]`; called with `training=False`.
         dataset_fn: `InputContext -> Dataset` of one pass of per-replica
             `(inputs, labels)` batches; partial and empty batches are fine.
-
-    Returns:
-        `{"top1", "top5", "loss", "examples"}`; top-5 is top-min(5, C).
-        Ties count as errors (the lowest class index wins).
     """
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    k = min(5, model.output_shape[-1])
 
-    def replica_totals(batch):
+    def __init__(self, strategy, model, dataset_fn):
+        self.strategy = strategy
+        self.model = model
+        self.k = min(5, model.output_shape[-1])
+        self.dataset = strategy.distribute_datasets_from_function(dataset_fn)
+        self.step = tf.function(self._step, reduce_retracing=True)
+
+    def _replica_totals(self, batch):
         inputs, labels = batch
-        logits = tf.cast(model(inputs, training=False), tf.float32)
+        logits = tf.cast(self.model(inputs, training=False), tf.float32)
         labels = tf.cast(labels, tf.int64)
-        top = tf.cast(tf.math.top_k(logits, k).indices, tf.int64)
+        top = tf.cast(tf.math.top_k(logits, self.k).indices, tf.int64)
         hits = tf.cast(tf.equal(top, labels[:, None]), tf.float32)
         loss = keras.losses.sparse_categorical_crossentropy(
             labels, logits, from_logits=True
@@ -54,21 +59,31 @@ def evaluate(strategy, model, dataset_fn):
             ]
         )
 
-    @tf.function(reduce_retracing=True)
-    def step(batch):
-        totals = strategy.run(replica_totals, args=(batch,))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+    def _step(self, batch):
+        totals = self.strategy.run(self._replica_totals, args=(batch,))
+        return self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM, totals, axis=None
+        )
 
-    totals = np.zeros(4)
-    for batch in dataset:
-        totals += step(batch).numpy()
-    count = max(totals[0], 1.0)
-    return dict(
-        top1=totals[1] / count,
-        top5=totals[2] / count,
-        loss=totals[3] / count,
-        examples=int(totals[0]),
-    )
+    def __call__(self):
+        """`{"top1", "top5", "loss", "examples"}` of one pass; top-5 is
+        top-min(5, C). Ties count as errors (the lowest class index
+        wins)."""
+        totals = np.zeros(4)
+        for batch in self.dataset:
+            totals += self.step(batch).numpy()
+        count = max(totals[0], 1.0)
+        return dict(
+            top1=totals[1] / count,
+            top5=totals[2] / count,
+            loss=totals[3] / count,
+            examples=int(totals[0]),
+        )
+
+
+def evaluate(strategy, model, dataset_fn):
+    """One pass of `Evaluator(strategy, model, dataset_fn)`."""
+    return Evaluator(strategy, model, dataset_fn)()
 
 
 def finish(

@@ -34,7 +34,7 @@ class BestCheckpoint:
     def __init__(self, loop, model, dataset_fn, model_dir, use_ema):
         self.loop = loop
         self.model = model
-        self.dataset_fn = dataset_fn
+        self.evaluator = results_lib.Evaluator(loop.strategy, model, dataset_fn)
         self.directory = os.path.join(model_dir, BEST_DIR)
         self.record_path = os.path.join(model_dir, BEST_FILE)
         self.use_ema = use_ema
@@ -45,9 +45,7 @@ class BestCheckpoint:
 
     def __call__(self, step):
         with self.loop.evaluation_weights(self.use_ema):
-            metrics = results_lib.evaluate(
-                self.loop.strategy, self.model, self.dataset_fn
-            )
+            metrics = self.evaluator()
             if self.best is None or metrics["top1"] > self.best["val_top1"]:
                 self.best = dict(
                     step=step,
