@@ -218,7 +218,8 @@ def readout(cells, fractions):
             fraction=None,
             mean=None,
             sentence="No readout: the report needs the supervised baseline "
-            "at 100% of the labels (--fractions with 100).",
+            "at 100% of the labels (100 in --fractions, supervised in "
+            "--methods).",
         )
     best = None
     for fraction in sorted(fractions):
