@@ -33,7 +33,6 @@ class BestCheckpoint:
 
     def __init__(self, loop, model, dataset_fn, model_dir, use_ema):
         self.loop = loop
-        self.model = model
         self.evaluator = results_lib.Evaluator(loop.strategy, model, dataset_fn)
         self.directory = os.path.join(model_dir, BEST_DIR)
         self.record_path = os.path.join(model_dir, BEST_FILE)
