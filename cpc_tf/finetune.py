@@ -18,7 +18,8 @@ step with two optimizers on disjoint variables: the classifier with a
 fresh `--optimizer`, the encoder with Adam at `--encoder_learning_rate`
 (betas and epsilon of the pretraining run); each group's gradient is
 clipped on its own when `--clip_global_norm` is set. Each phase keeps its
-best validation evaluation, checkpoints and resumes on its own.
+best validation evaluation, checkpoints and resumes on its own; the test
+scores the better of the two phases' best evaluations.
 `--search` (with validation images) searches the classifier's
 hyperparameters as `cpc_tf.supervised` does, each trial being phase 1
 only (the classifier on frozen features); the best trial's classifier then
@@ -82,6 +83,20 @@ def phase_steps(config, phase, num_train):
             f"which this source does not report; set --phase{phase}_steps."
         )
     return max(1, run.min_steps, math.ceil(epochs * num_train / run.batch_size))
+
+
+def best_selection(selections):
+    """`(phase name, BestCheckpoint)` of the highest validation top-1 of
+    `{phase name: BestCheckpoint or None}` (the later phase on a tie), or
+    `(None, None)` when no phase evaluated."""
+    scored = [
+        (name, selection)
+        for name, selection in selections.items()
+        if selection is not None and selection.record()
+    ]
+    if not scored:
+        return None, None
+    return max(reversed(scored), key=lambda item: item[1].record()["val_top1"])
 
 
 def build_model(config, pretrained, num_classes):
@@ -196,6 +211,7 @@ def run(config, strategy=None, test=True, verbose=True):
             model.set_weights(best.get_weights())
         l2 = l2_strength(config.optim)
         precision = config.run.mixed_precision
+        selections = {}
         if phase1:
             with strategy.scope():
                 optimizer = make_optimizer(config.optim, phase1, precision)
@@ -205,6 +221,7 @@ def run(config, strategy=None, test=True, verbose=True):
             loop, summary["phase1"], selection = train_phase(
                 task, phase1, "phase1", 0
             )
+            selections["phase1"] = selection
             if phase2 and selection is not None:
                 selection.restore()
         if phase2:
@@ -225,7 +242,10 @@ def run(config, strategy=None, test=True, verbose=True):
             loop, summary["phase2"], selection = train_phase(
                 task, phase2, "phase2", phase1
             )
+            selections["phase2"] = selection
+        selected_phase, selection = best_selection(selections)
         extra = evaluation.pretrained_results("finetune", options)
+        extra["selected_phase"] = selected_phase
         if search_record is not None:
             extra["search"] = search_record
         return evaluation.finish(

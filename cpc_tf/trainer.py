@@ -45,11 +45,16 @@ class Hook:
 
     The values go to TensorBoard, the progress bar and the summary's
     `history`. `fn` runs in cross-replica context between compiled loops.
+    `stop(step) -> bool`, when given, is asked after `fn` and before the
+    first step: True ends training there (early stopping; one checkpoint
+    is saved, and a resumed run that had stopped stays stopped). It must
+    give every worker the same answer.
     """
 
     every: int
     fn: object
     at_end: bool = True
+    stop: object = None
 
 
 @dataclasses.dataclass
@@ -78,6 +83,10 @@ def _learning_rates(groups):
             keras.ops.convert_to_numpy(group.optimizer.learning_rate)
         )
     return rates
+
+
+def _stop_requested(hooks, step):
+    return any(hook.stop is not None and hook.stop(step) for hook in hooks)
 
 
 def write_directory(model_dir, strategy):
@@ -243,7 +252,7 @@ class Trainer:
         options = self.options
         start_step = self.restore()
         history = {}
-        if start_step >= options.steps:
+        if start_step >= options.steps or _stop_requested(hooks, start_step):
             return self._summary(start_step, start_step, None, None, {}, 0.0)
         with preemption.watching():
             if preemption.requested() and self._num_workers == 1:
@@ -317,6 +326,8 @@ class Trainer:
                         hook_seconds += time.perf_counter() - hook_start
                         for name, value in scores.items():
                             history.setdefault(name, []).append([step, value])
+                        if hook.stop is not None and hook.stop(step):
+                            stopped = True
                         shown.update(scores)
                         if writer is not None:
                             with writer.as_default(step=step):

@@ -4,6 +4,7 @@
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 
@@ -315,6 +316,16 @@ def test_geometry_and_config_errors_name_the_flag():
         evaluation.SupervisedOptions(dropout=1.0)
     with pytest.raises(ValueError, match="--steps"):
         evaluation.FinetuneConfig(run=RunConfig(steps=5))
+    for config in (
+        evaluation.SupervisedConfig,
+        evaluation.FinetuneConfig,
+        evaluation.LinearEvalConfig,
+    ):
+        options = config().options
+        with pytest.raises(ValueError, match="--patience: needs validation"):
+            config(options=dataclasses.replace(options, patience=3))
+    with pytest.raises(ValueError, match="--patience"):
+        evaluation.SupervisedOptions(patience=-1)
     with pytest.raises(ValueError, match="--search_weight_decay"):
         evaluation.SearchConfig(search_weight_decay=(0.0, 1e-2))
 
@@ -483,7 +494,13 @@ def test_model_selection_keeps_the_best_evaluation(tmp_path):
             return True
 
     selection = evaluation.BestCheckpoint(
-        Loop(), model, dataset_fn, str(tmp_path), use_ema=False
+        Loop(),
+        model,
+        dataset_fn,
+        str(tmp_path),
+        use_ema=False,
+        patience=2,
+        interval=10,
     )
     scores = {}
     for step, correct in ((10, 3), (20, 6), (30, 2)):
@@ -494,6 +511,9 @@ def test_model_selection_keeps_the_best_evaluation(tmp_path):
         scores[step] = selection(step)["val_top1"]
         if correct == 6:
             best = kernel.copy()
+        # Early stopping: two evaluations after the best, not one.
+        assert not selection.exhausted(step)
+    assert selection.exhausted(40)
     assert scores[20] == max(scores.values())
     assert selection.record()["step"] == 20
     assert selection.restore()
@@ -503,3 +523,4 @@ def test_model_selection_keeps_the_best_evaluation(tmp_path):
         Loop(), model, dataset_fn, str(tmp_path), use_ema=False
     )
     assert again.record()["val_top1"] == pytest.approx(6 / 7)
+    assert not again.exhausted(1000)  # no patience: never

@@ -129,7 +129,32 @@ def test_phase1_freezes_the_encoder_and_phase2_resumes_and_tunes(tmp_path):
     assert results["train"]["phase1"]["first_loss"] is None  # restored
     assert results["train"]["phase2"]["steps"] == 2
     assert results["checkpoint"].startswith(os.path.join(model_dir, "phase2"))
+    # Without validation images nothing is selected: the last weights.
+    assert results["selected_phase"] is None
     assert not weights_equal(backbone_weights(), saved)
+
+
+def test_the_better_phase_is_tested():
+    class Kept:
+        def __init__(self, top1):
+            self.top1 = top1
+
+        def record(self):
+            return None if self.top1 is None else {"val_top1": self.top1}
+
+    one, two = Kept(0.9), Kept(0.8)
+    assert finetune.best_selection({"phase1": one, "phase2": two}) == (
+        "phase1",
+        one,
+    )
+    tie = Kept(0.9)
+    assert finetune.best_selection({"phase1": one, "phase2": tie})[0] == (
+        "phase2"
+    )
+    assert finetune.best_selection({"phase1": None, "phase2": Kept(None)}) == (
+        None,
+        None,
+    )
 
 
 def test_missing_backbone_fails_before_compute(tmp_path):

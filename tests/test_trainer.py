@@ -503,6 +503,36 @@ def test_hooks_run_every_n_steps_and_at_the_end(tmp_path):
     assert result["history"]["probe"] == [[4, 0.4], [6, 0.6], [7, 0.7]]
 
 
+def test_a_stop_hook_ends_training_and_a_resumed_run_stays_stopped(tmp_path):
+    asked = []
+
+    def stop(step):
+        asked.append(step)
+        return step >= 6
+
+    def fit():
+        keras.utils.set_random_seed(0)
+        loop = trainer.Trainer(
+            tf.distribute.get_strategy(),
+            RegressionTask(keras.optimizers.SGD(0.01)),
+            trainer.TrainerOptions(str(tmp_path), steps=50, verbose=False),
+        )
+        hook = trainer.Hook(3, lambda step: {"val": step}, stop=stop)
+        data = lambda ctx: regression_data().batch(8).repeat()  # noqa: E731
+        return loop, loop.fit(data, [hook])
+
+    loop, result = fit()
+    assert asked == [0, 3, 6]
+    assert result["stopped_early"] and result["steps"] == 6
+    assert loop.latest_checkpoint().endswith("ckpt-6")
+    assert result["history"]["val"] == [[3, 3.0], [6, 6.0]]
+    # Resuming restores step 6, where the hook still says stop: no step.
+    loop, result = fit()
+    assert asked[3:] == [6]
+    assert result["steps"] == 6 and result["first_loss"] is None
+    assert loop.latest_checkpoint().endswith("ckpt-6")
+
+
 def test_only_the_chief_writes_the_model_directory(monkeypatch, tmp_path):
     cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
     config = {"cluster": cluster, "task": {"type": "worker", "index": 0}}

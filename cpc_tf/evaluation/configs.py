@@ -55,9 +55,15 @@ class EvalOptions:
         "Steps between validation evaluations; the best one is kept and "
         "tested (model selection). 0 = ten per run.",
     )
+    patience: int = _field(
+        0,
+        "Early stopping: end training once this many validation "
+        "evaluations in a row have not beaten the best (0 = run the whole "
+        "budget). The best evaluation is tested either way.",
+    )
 
     def __post_init__(self):
-        for name in ("eval_batch_size", "eval_every"):
+        for name in ("eval_batch_size", "eval_every", "patience"):
             if getattr(self, name) < 0:
                 _fail(name, "must be >= 0.")
 
@@ -283,14 +289,21 @@ def has_validation(data):
     return bool(data.holdout)
 
 
+_NEEDS_VALIDATION = (
+    "needs validation images: --holdout (e.g. 10000 or 0.1), or with "
+    "--eval_data=holdout (the hold-out is then the test set) --validation."
+)
+
+
 def _check_search(config):
     if config.search.search and not has_validation(config.data):
-        _fail(
-            "search",
-            "needs validation images: --holdout (e.g. 10000 or 0.1), or "
-            "with --eval_data=holdout (the hold-out is then the test set) "
-            "--validation.",
-        )
+        _fail("search", _NEEDS_VALIDATION)
+    _check_patience(config)
+
+
+def _check_patience(config):
+    if config.options.patience and not has_validation(config.data):
+        _fail("patience", _NEEDS_VALIDATION)
 
 
 class _ConfigMixin:
@@ -307,6 +320,9 @@ class LinearEvalConfig(_ConfigMixin):
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     options: ProbeOptions = dataclasses.field(default_factory=ProbeOptions)
     knn: KnnConfig = dataclasses.field(default_factory=KnnConfig)
+
+    def __post_init__(self):
+        _check_patience(self)
 
 
 @dataclasses.dataclass(frozen=True)

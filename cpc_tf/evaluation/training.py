@@ -4,7 +4,10 @@
 resuming from checkpoints, with model selection: `BestCheckpoint`
 evaluates the validation split every `--eval_every` steps (and at the
 end) and keeps the weights of the best evaluation in `model_dir/best/`,
-so the test scores the best validation point, not the last step.
+so the test scores the best validation point, not the last step. With
+`--patience=N` training stops once N evaluations in a row have not
+beaten the best (early stopping: a generous budget, trained until
+validation stops improving).
 """
 
 import os
@@ -29,10 +32,24 @@ class BestCheckpoint:
         dataset_fn: one pass over the validation images.
         model_dir: where `best/` and `best.json` go (the chief writes).
         use_ema: score the Polyak-averaged weights.
+        patience: evaluations without a new best before `exhausted` (0:
+            never).
+        interval: steps between evaluations.
     """
 
-    def __init__(self, loop, model, dataset_fn, model_dir, use_ema):
+    def __init__(
+        self,
+        loop,
+        model,
+        dataset_fn,
+        model_dir,
+        use_ema,
+        patience=0,
+        interval=1,
+    ):
         self.loop = loop
+        self.patience = patience
+        self.interval = interval
         self.evaluator = results_lib.Evaluator(loop.strategy, model, dataset_fn)
         self.directory = os.path.join(model_dir, BEST_DIR)
         self.record_path = os.path.join(model_dir, BEST_FILE)
@@ -53,6 +70,15 @@ class BestCheckpoint:
                 )
                 self._save()
         return {"val_top1": metrics["top1"], "val_loss": metrics["loss"]}
+
+    def exhausted(self, step):
+        """Whether `patience` evaluations since the best were no better
+        (the same on every worker: the scores are all-reduced)."""
+        return bool(
+            self.patience
+            and self.best is not None
+            and step - self.best["step"] >= self.patience * self.interval
+        )
 
     def _save(self):
         if self.loop.is_chief():
@@ -117,11 +143,18 @@ def train(
     )
     hooks, selection = [], None
     if validation_fn is not None:
+        interval = evaluation_interval(config.options, steps)
         selection = BestCheckpoint(
-            loop, task.model, validation_fn, model_dir, run.use_ema
+            loop,
+            task.model,
+            validation_fn,
+            model_dir,
+            run.use_ema,
+            patience=config.options.patience,
+            interval=interval,
         )
         hooks.append(
-            trainer.Hook(evaluation_interval(config.options, steps), selection)
+            trainer.Hook(interval, selection, stop=selection.exhausted)
         )
     start = time.perf_counter()
     result = loop.fit(
