@@ -295,15 +295,15 @@ _NEEDS_VALIDATION = (
 )
 
 
-def _check_search(config):
-    if config.search.search and not has_validation(config.data):
-        _fail("search", _NEEDS_VALIDATION)
-    _check_patience(config)
-
-
-def _check_patience(config):
-    if config.options.patience and not has_validation(config.data):
-        _fail("patience", _NEEDS_VALIDATION)
+def _check_validation_users(config):
+    """`--search` and `--patience` select on validation images."""
+    search = getattr(config, "search", None)
+    for flag, used in (
+        ("search", search is not None and search.search),
+        ("patience", config.options.patience),
+    ):
+        if used and not has_validation(config.data):
+            _fail(flag, _NEEDS_VALIDATION)
 
 
 class _ConfigMixin:
@@ -322,7 +322,7 @@ class LinearEvalConfig(_ConfigMixin):
     knn: KnnConfig = dataclasses.field(default_factory=KnnConfig)
 
     def __post_init__(self):
-        _check_patience(self)
+        _check_validation_users(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,7 +339,7 @@ class SupervisedConfig(_ConfigMixin):
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
 
     def __post_init__(self):
-        _check_search(self)
+        _check_validation_users(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,7 +355,7 @@ class FinetuneConfig(_ConfigMixin):
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
 
     def __post_init__(self):
-        _check_search(self)
+        _check_validation_users(self)
         if self.run.steps:
             _fail(
                 "steps",
