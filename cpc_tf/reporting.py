@@ -30,6 +30,29 @@ CPC_METHODS = ("linear_cpc", "finetune")
 RESULTS_FILE = "results.json"
 
 
+# The CPC encoder's shape; the supervised baseline trains this network.
+ENCODER_SHAPE_FLAGS = (
+    "encoder_depth",
+    "encoder_blocks",
+    "encoder_widths",
+    "encoder_output_widths",
+    "stem_width",
+    "stem_kernel",
+    "stem_stride",
+    "stem_pool",
+)
+
+
+def _flag_line(name, value):
+    """`--name=value` as a flagfile line (booleans lower case, tuples
+    comma-separated)."""
+    if isinstance(value, bool):
+        return f"--{name}={str(value).lower()}"
+    if isinstance(value, tuple):
+        return f"--{name}={','.join(str(v) for v in value)}"
+    return f"--{name}={value}"
+
+
 def config_flag_lines(config):
     """`--name=value` lines for every field of a (nested) config."""
     lines = []
@@ -37,13 +60,18 @@ def config_flag_lines(config):
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
             lines.extend(config_flag_lines(value))
-        elif isinstance(value, bool):
-            lines.append(f"--{field.name}={str(value).lower()}")
-        elif isinstance(value, tuple):
-            lines.append(f"--{field.name}={','.join(str(v) for v in value)}")
         else:
-            lines.append(f"--{field.name}={value}")
+            lines.append(_flag_line(field.name, value))
     return lines
+
+
+def encoder_shape_flags(model_config):
+    """The `--flag=value`s that give a network the shape of the CPC
+    encoder of `model_config` (its normalization stays the protocol's)."""
+    return [
+        _flag_line(name, getattr(model_config, name))
+        for name in ENCODER_SHAPE_FLAGS
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +95,11 @@ def plan(
 ):
     """The stages of a report, pretraining first.
 
+    Whole-image stages run on the pretraining crop (`--image_size`), and
+    the supervised baseline trains a network of the CPC encoder's shape
+    (`encoder_shape_flags`, after any override), so its flagfile's shape
+    flags cannot drift from the encoder's.
+
     Args:
         config: the `PretrainConfig` of the CPC run.
         report_dir: where every stage writes its own directory.
@@ -88,6 +121,7 @@ def plan(
         f"--validation={data.validation}",
     ]
     whole_image = [f"--image_size={data.crop_size}"]
+    encoder_shape = encoder_shape_flags(config.model)
     stages = [
         Stage(
             "pretrain",
@@ -106,7 +140,7 @@ def plan(
         linear_cpc=("cpc_tf.linear_eval", []),
         linear_random=("cpc_tf.linear_eval", ["--random_init"]),
         finetune=("cpc_tf.finetune", whole_image),
-        supervised=("cpc_tf.supervised", whole_image),
+        supervised=("cpc_tf.supervised", encoder_shape + whole_image),
         pixels=("cpc_tf.linear_eval", pixels),
     )
     if methods is not None:

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import reporting
+from cpc_tf import reporting, supervised
 
 
 def test_config_round_trips_through_flag_lines(tmp_path):
@@ -39,6 +40,10 @@ def test_plan_runs_every_method_per_fraction_and_seed(tmp_path):
     supervised = stages[4]
     assert not any(a.startswith("--pretrained_dir") for a in supervised.args)
     assert "--image_size=28" in supervised.args
+    # The baseline is a network of the CPC encoder's shape.
+    for line in reporting.encoder_shape_flags(config.model):
+        assert line in supervised.args
+    assert "--stem_pool=false" in supervised.args
     assert supervised.directory == f"{tmp_path}/supervised_1pct_seed0"
     pixels = stages[5]
     assert "--probe_features=pixels" in pixels.args
@@ -47,6 +52,28 @@ def test_plan_runs_every_method_per_fraction_and_seed(tmp_path):
         assert "--holdout=500.0" in stage.args
         assert "--holdout_seed=0" in stage.args
     assert {s.seed for s in stages[1:]} == {0, 1}
+
+
+def test_the_supervised_baseline_follows_the_encoder_shape(tmp_path):
+    config = parse(
+        f"--flagfile={ROOT}/flags/demo.cfg",
+        "--stem_stride=1",
+        "--encoder_widths=8,16",
+    )
+    stages = reporting.plan(
+        config,
+        str(tmp_path),
+        [10],
+        {"supervised": f"{ROOT}/flags/supervised_demo.cfg"},
+        {"supervised": ["--stem_stride=2"]},
+        methods=["supervised"],
+    )
+    values = flags.FlagValues()
+    supervised.define_flags(values)
+    values(["supervised", *stages[1].args])
+    model = supervised.parse_config(values).model
+    assert model.stem_stride == 1 and model.encoder_widths == (8, 16)
+    assert model.norm == "batch"
 
 
 def test_plan_runs_only_the_methods_asked_for(tmp_path):

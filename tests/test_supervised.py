@@ -123,7 +123,7 @@ def test_flags_default_to_appendix_c1_and_reject_patch_flags():
     assert config.model.norm == "batch"
     assert config.optim.optimizer == "sgd"
     assert config.optim.weight_decay_type == "l2"
-    assert config.run.epochs == 8 and config.run.min_steps == 900
+    assert config.run.epochs == 8 and config.run.min_steps == 1800
     assert config.data.crop_min_area == 0.5 and not config.data.random_flip
     assert config.data.crop_size == config.data.image_size
     values = absl_flags.FlagValues()
