@@ -186,6 +186,20 @@ class DataConfig:
         return (self.crop_size - self.patch_size) // self.patch_stride + 1
 
 
+# The ModelConfig fields that shape the encoder (`backbone_kwargs` reads
+# these and `norm`); a network built from them matches the CPC encoder.
+ENCODER_SHAPE_FIELDS = (
+    "encoder_depth",
+    "encoder_blocks",
+    "encoder_widths",
+    "encoder_output_widths",
+    "stem_width",
+    "stem_kernel",
+    "stem_stride",
+    "stem_pool",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Encoder and CPC head (appendix A, section 4 of the paper)."""

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from cpc_tf import artifacts
+from cpc_tf.config import ENCODER_SHAPE_FIELDS
 
 METHODS = {
     "linear_cpc": "Linear on CPC features",
@@ -28,19 +29,6 @@ METHODS = {
 }
 CPC_METHODS = ("linear_cpc", "finetune")
 RESULTS_FILE = "results.json"
-
-
-# The CPC encoder's shape; the supervised baseline trains this network.
-ENCODER_SHAPE_FLAGS = (
-    "encoder_depth",
-    "encoder_blocks",
-    "encoder_widths",
-    "encoder_output_widths",
-    "stem_width",
-    "stem_kernel",
-    "stem_stride",
-    "stem_pool",
-)
 
 
 def _flag_line(name, value):
@@ -70,7 +58,7 @@ def encoder_shape_flags(model_config):
     encoder of `model_config` (its normalization stays the protocol's)."""
     return [
         _flag_line(name, getattr(model_config, name))
-        for name in ENCODER_SHAPE_FLAGS
+        for name in ENCODER_SHAPE_FIELDS
     ]
 
 
