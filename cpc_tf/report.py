@@ -8,8 +8,9 @@ then for each label fraction and each of `--seeds` seeds runs linear
 evaluation on the CPC features, the same probe on a randomly initialised
 encoder, fine-tuning of the CPC encoder, the supervised baseline from
 scratch and a logistic regression on raw pixels (`reporting.plan`). Each
-stage is the ordinary entry point (run in this process, or in one of its
-own with `--stage_processes`) with its flagfile (`--linear_flagfile`,
+stage is the ordinary entry point (run in this process, in one of its
+own with `--stage_processes`, or `--stage_workers` of them side by side,
+each with its share of the cores) with its flagfile (`--linear_flagfile`,
 ...) and the pretraining run's data flags, in its own directory under
 `--report_dir`; a stage whose results exist is not
 run again, so an interrupted report resumes where it stopped. After every
@@ -19,19 +20,15 @@ test set and whether pretraining saw it, the readout) and `report.png`
 k-NN monitor during pretraining).
 """
 
-import contextlib
-import importlib
 import os
-import subprocess
-import sys
 import time
 
-import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
 from cpc_tf import artifacts, reporting, runtime
 from cpc_tf import flags as cpc_flags
+from cpc_tf import stages as stage_runner
 from cpc_tf.config import (
     DataConfig,
     FlagError,
@@ -41,49 +38,6 @@ from cpc_tf.config import (
     PretrainConfig,
     RunConfig,
 )
-
-
-def run_stage(stage, log_path):
-    """Runs one stage's entry point in a subprocess, its output streamed
-    to `log_path`; raises with the log's tail on failure."""
-    command = [sys.executable, "-m", stage.module, *stage.args]
-    tail = []
-    with tf.io.gfile.GFile(log_path, "w") as log:
-        log.write(" ".join(command) + "\n")
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for line in process.stdout:
-            log.write(line)
-            log.flush()
-            tail = (tail + [line])[-40:]
-        process.wait()
-    if process.returncode:
-        raise RuntimeError(
-            f"Stage {stage.name} failed (exit {process.returncode}); its log "
-            f"is {log_path}:\n{''.join(tail)}"
-        )
-
-
-def run_stage_in_process(stage, log_path):
-    """Runs one stage's entry point in this process (no interpreter and
-    TensorFlow start-up per stage); its printed output goes to
-    `log_path`."""
-    module = importlib.import_module(stage.module)
-    values = flags.FlagValues()
-    module.define_flags(values)
-    values([stage.module, *stage.args])
-    with tf.io.gfile.GFile(log_path, "w") as log:
-        log.write(" ".join(["python -m", stage.module, *stage.args]) + "\n")
-        with (
-            contextlib.redirect_stdout(log),
-            contextlib.redirect_stderr(log),
-        ):
-            module.run_from_flags(values, verbose=False)
-    keras.backend.clear_session(free_memory=True)
 
 
 def run_report(
@@ -97,13 +51,16 @@ def run_report(
     run_stages=True,
     in_process=True,
     methods=None,
+    workers=1,
 ):
     """Runs (or resumes) every stage and writes the report files.
 
     With `run_stages=False` it only writes the files from the stages that
     have finished; `in_process=False` runs each stage in a subprocess of
-    its own (isolation for large models). Returns `(report dict,
-    markdown)`.
+    its own (isolation for large models); `workers > 1` runs the
+    evaluation stages, after pretraining, that many processes at a time
+    (`stages.run_side_by_side`; stage seconds then overlap). Returns
+    `(report dict, markdown)`.
     """
     tf.io.gfile.makedirs(report_dir)
     with tf.io.gfile.GFile(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
@@ -125,28 +82,52 @@ def run_report(
             config, report_dir, fractions, stages, timings, start, seeds
         )
 
-    for index, stage in enumerate(stages, 1):
-        prefix = f"[{index}/{len(stages)}] {stage.name}"
+    index = {stage.name: i for i, stage in enumerate(stages, 1)}
+
+    def prefix(stage):
+        return f"[{index[stage.name]}/{len(stages)}] {stage.name}"
+
+    def started(stage):
+        tf.io.gfile.makedirs(stage.directory)
+        if verbose:
+            print(f"{prefix(stage)}: running ...", flush=True)
+
+    def finished(stage, seconds):
+        timings[stage.name] = seconds
+        if verbose:
+            print(f"{prefix(stage)}: finished in {seconds:.0f} s", flush=True)
+        write_outputs()
+
+    def log_path(stage):
+        return os.path.join(report_dir, f"{stage.name}.log")
+
+    to_run = []
+    for stage in stages:
         if reporting.stage_done(stage) or not run_stages:
             if verbose:
                 state = (
                     "done earlier" if reporting.stage_done(stage) else "not run"
                 )
-                print(f"{prefix}: {state}, skipped", flush=True)
-            continue
-        if verbose:
-            print(f"{prefix}: running ...", flush=True)
+                print(f"{prefix(stage)}: {state}, skipped", flush=True)
+        else:
+            to_run.append(stage)
+    # Pretraining comes first: every other stage may read it.
+    while to_run and (workers == 1 or to_run[0].method == "pretrain"):
+        stage = to_run.pop(0)
+        started(stage)
         stage_start = time.perf_counter()
-        tf.io.gfile.makedirs(stage.directory)
-        runner = run_stage_in_process if in_process else run_stage
-        runner(stage, os.path.join(report_dir, f"{stage.name}.log"))
-        timings[stage.name] = time.perf_counter() - stage_start
-        if verbose:
-            print(
-                f"{prefix}: finished in {timings[stage.name]:.0f} s",
-                flush=True,
-            )
-        write_outputs()
+        if in_process:
+            stage_runner.run_in_process(stage, log_path(stage))
+        else:
+            stage_runner.run_in_subprocess(stage, log_path(stage))
+        finished(stage, time.perf_counter() - stage_start)
+    if to_run:
+        # Whole-image training first, probes last: the long stages do not
+        # leave one worker alone at the end.
+        to_run.sort(key=lambda stage: stage.method not in reporting.WHOLE_IMAGE)
+        stage_runner.run_side_by_side(
+            to_run, log_path, workers, started, finished
+        )
     return write_outputs()
 
 
@@ -241,6 +222,12 @@ def define_flags():
         "[report] Run each stage in a process of its own (isolation for "
         "large models) instead of in this one (no start-up per stage).",
     )
+    flags.DEFINE_integer(
+        "stage_workers",
+        1,
+        "[report] Evaluation stages run side by side, each in a process "
+        "with cores / stage_workers threads (after pretraining).",
+    )
     for method, default in (
         ("linear", "flags/linear_demo.cfg"),
         ("finetune", "flags/finetune_demo.cfg"),
@@ -265,6 +252,10 @@ def main(argv):
         fractions = [float(f) for f in flag_values.fractions]
     except ValueError as error:
         raise FlagError(f"--fractions: {error}") from None
+    if flag_values.stage_workers < 1:
+        raise FlagError(
+            f"--stage_workers: must be >= 1, got {flag_values.stage_workers}."
+        )
     if flag_values.seeds < 1:
         raise FlagError(f"--seeds: must be >= 1, got {flag_values.seeds}.")
     unknown = sorted(set(flag_values.methods) - set(reporting.METHODS))
@@ -306,6 +297,7 @@ def main(argv):
         run_stages=flag_values.run_stages,
         in_process=not flag_values.stage_processes,
         methods=flag_values.methods,
+        workers=flag_values.stage_workers,
     )
     print(text)
 

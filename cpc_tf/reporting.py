@@ -28,6 +28,8 @@ METHODS = {
     "pixels": "Logistic regression on pixels",
 }
 CPC_METHODS = ("linear_cpc", "finetune")
+# Methods that train a network on whole images (the long stages).
+WHOLE_IMAGE = ("finetune", "supervised")
 RESULTS_FILE = "results.json"
 
 

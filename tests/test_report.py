@@ -141,26 +141,35 @@ def test_statement_names_the_test_set_and_the_hold_out():
     assert "WARNING" in reporting.test_set_statement(bad, summary)
 
 
-@pytest.mark.slow
-def test_report_end_to_end_and_resume(tmp_path):
-    command = [
+def _tiny_report(report_dir, *extra):
+    """The demo report's command with 3-step runs into `report_dir`."""
+    return [
         sys.executable,
         "-m",
         "cpc_tf.report",
         "--flagfile=flags/report_demo.cfg",
         *FAST,
         "--steps=3",
+        "--seeds=1",
+        f"--report_dir={report_dir}",
+        "--linear_args=batch_size=8,eval_batch_size=500,probe_epochs=3",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_report_end_to_end_and_resume(tmp_path):
+    command = _tiny_report(
+        tmp_path,
+        "--stage_workers=1",  # in this process, one at a time
         "--knn_every=3",
         "--knn_memory=200",
         "--knn_queries=100",
         "--fractions=100",
-        "--seeds=1",
-        f"--report_dir={tmp_path}",
-        "--linear_args=batch_size=8,eval_batch_size=500,probe_epochs=3",
         "--finetune_args=phase1_steps=2,phase2_steps=2,batch_size=8,"
         "eval_batch_size=500",
         "--supervised_args=steps=3,batch_size=8,eval_batch_size=500",
-    ]
+    )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     first = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True
@@ -187,14 +196,39 @@ def test_report_end_to_end_and_resume(tmp_path):
     assert len(data["stage_seconds"]) == stages
 
 
-def test_unknown_method_fails_in_a_line(tmp_path):
+@pytest.mark.slow
+def test_report_runs_stages_side_by_side(tmp_path):
+    command = _tiny_report(
+        tmp_path,
+        "--knn_every=0",
+        "--fractions=10,100",
+        "--methods=linear_random,pixels",
+        "--stage_workers=2",
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["complete"] and len(data["stage_seconds"]) == 5
+    # The evaluation stages ran in processes of their own.
+    log = (tmp_path / "pixels_100pct.log").read_text()
+    assert log.startswith(f"{sys.executable} -m cpc_tf.linear_eval")
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--methods", "linear_cpc,knn"), ("--stage_workers", "0")],
+)
+def test_bad_report_flags_fail_in_a_line(tmp_path, flag, value):
     process = subprocess.run(
         [
             sys.executable,
             "-m",
             "cpc_tf.report",
             "--flagfile=flags/report_demo.cfg",
-            "--methods=linear_cpc,knn",
+            f"{flag}={value}",
             f"--report_dir={tmp_path}/report",
         ],
         cwd=ROOT,
@@ -203,7 +237,7 @@ def test_unknown_method_fails_in_a_line(tmp_path):
     )
     output = process.stdout + process.stderr
     assert process.returncode == 1
-    errors = [line for line in output.splitlines() if "--methods" in line]
-    assert errors and "knn" in errors[0], output[-2000:]
+    errors = [line for line in output.splitlines() if flag in line]
+    assert errors and value.split(",")[-1] in errors[0], output[-2000:]
     assert "Traceback" not in output
     assert not os.path.exists(f"{tmp_path}/report")

@@ -42,8 +42,12 @@ def _write(path, values, labels):
     buffer = io.BytesIO()
     np.savez(buffer, features=values, labels=labels)
     tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "wb") as f:
+    # Written aside and renamed: stages side by side may embed the same
+    # encoder at once, and a reader never sees half a file.
+    partial = f"{path}.partial-{os.getpid()}"
+    with tf.io.gfile.GFile(partial, "wb") as f:
         f.write(buffer.getvalue())
+    tf.io.gfile.rename(partial, path, overwrite=True)
 
 
 def _read(path):
