@@ -103,11 +103,10 @@ def run_report(
 
     to_run = []
     for stage in stages:
-        if reporting.stage_done(stage) or not run_stages:
+        done = reporting.stage_done(stage)
+        if done or not run_stages:
             if verbose:
-                state = (
-                    "done earlier" if reporting.stage_done(stage) else "not run"
-                )
+                state = "done earlier" if done else "not run"
                 print(f"{prefix(stage)}: {state}, skipped", flush=True)
         else:
             to_run.append(stage)
