@@ -27,23 +27,26 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_string("base", "flags/cifar10.cfg", "Pretraining flagfile.")
-flags.DEFINE_string("trials", None, "JSON list of trials.")
-flags.DEFINE_string("sweep_dir", "runs/sweep", "Output directory.")
-flags.DEFINE_integer("steps", 400, "Pretraining steps per trial.")
-flags.DEFINE_string(
-    "probe_flagfile", "flags/linear_cifar10.cfg", "Linear-probe flagfile."
-)
-flags.DEFINE_float("probe_fraction", 10, "Label fraction of the probe (%).")
-flags.DEFINE_list(
-    "only", [], "Run only these trials (names); the table lists all done."
-)
-flags.DEFINE_list(
-    "pretrain_args",
-    [],
-    "Flags for every trial's pretraining, e.g. knn_memory=2000 (no --).",
-)
-flags.mark_flag_as_required("trials")
+
+def define_flags():
+    """Defines the sweep's flags (called by the entry point only)."""
+    flags.DEFINE_string("base", "flags/cifar10.cfg", "Pretraining flagfile.")
+    flags.DEFINE_string("trials", None, "JSON list of trials.")
+    flags.DEFINE_string("sweep_dir", "runs/sweep", "Output directory.")
+    flags.DEFINE_integer("steps", 400, "Pretraining steps per trial.")
+    flags.DEFINE_string(
+        "probe_flagfile", "flags/linear_cifar10.cfg", "Linear-probe flagfile."
+    )
+    flags.DEFINE_float("probe_fraction", 10, "Label fraction of the probe (%).")
+    flags.DEFINE_list(
+        "only", [], "Run only these trials (names); the table lists all done."
+    )
+    flags.DEFINE_list(
+        "pretrain_args",
+        [],
+        "Flags for every trial's pretraining, e.g. knn_memory=2000 (no --).",
+    )
+    flags.mark_flag_as_required("trials")
 
 
 def _flag_args(values):
@@ -141,20 +144,23 @@ def table(scores):
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    del argv
-    values = flags.FLAGS
-    with open(values.trials) as f:
-        trials = json.load(f)
-    os.makedirs(values.sweep_dir, exist_ok=True)
+def run_sweep(trials, sweep_dir, run_one, only=(), base=None):
+    """Runs the trials not yet scored, in order; returns every score.
+
+    `run_one(trial) -> dict` pretrains and probes one trial. A trial with
+    `sweep_dir/NAME/score.json` is read back instead of run, so an
+    interrupted sweep resumes; `only` restricts which trials may run.
+    `sweep.json` and `sweep.md` are rewritten after every trial.
+    """
+    os.makedirs(sweep_dir, exist_ok=True)
     scores = []
     for trial in trials:
-        path = os.path.join(values.sweep_dir, trial["name"], "score.json")
+        path = os.path.join(sweep_dir, trial["name"], "score.json")
         if not os.path.exists(path):
-            if values.only and trial["name"] not in values.only:
+            if only and trial["name"] not in only:
                 continue
             print(f"trial {trial['name']}: running ...", flush=True)
-            score = run_trial(trial, values)
+            score = run_one(trial)
             with open(path, "w") as f:
                 json.dump(score, f, indent=2)
         with open(path) as f:
@@ -164,12 +170,28 @@ def main(argv):
             f"{100 * scores[-1]['probe_val_top1']:.1f}",
             flush=True,
         )
-        with open(os.path.join(values.sweep_dir, "sweep.json"), "w") as f:
-            json.dump(dict(base=values.base, trials=scores), f, indent=2)
-        with open(os.path.join(values.sweep_dir, "sweep.md"), "w") as f:
+        with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+            json.dump(dict(base=base, trials=scores), f, indent=2)
+        with open(os.path.join(sweep_dir, "sweep.md"), "w") as f:
             f.write(table(scores))
+    return scores
+
+
+def main(argv):
+    del argv
+    values = flags.FLAGS
+    with open(values.trials) as f:
+        trials = json.load(f)
+    scores = run_sweep(
+        trials,
+        values.sweep_dir,
+        lambda trial: run_trial(trial, values),
+        only=values.only,
+        base=values.base,
+    )
     print(table(scores))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
