@@ -20,17 +20,6 @@ def sweep():
     return module
 
 
-def _score(name, probe):
-    return dict(
-        name=name,
-        flags={"stem_stride": 2} if name == "b" else {},
-        steps=10,
-        images_per_s=100.0,
-        knn_top1=None,
-        probe_val_top1=probe,
-    )
-
-
 def test_sweep_runs_each_trial_once_and_resumes(sweep, tmp_path):
     trials = [{"name": "a"}, {"name": "b", "flags": {"stem_stride": 2}}]
     probes = {"a": 0.40, "b": 0.55}
@@ -38,11 +27,16 @@ def test_sweep_runs_each_trial_once_and_resumes(sweep, tmp_path):
 
     def run_one(trial):
         ran.append(trial["name"])
-        return _score(trial["name"], probes[trial["name"]])
+        return dict(
+            name=trial["name"],
+            flags=trial.get("flags", {}),
+            steps=10,
+            images_per_s=100.0,
+            knn_top1=None,
+            probe_val_top1=probes[trial["name"]],
+        )
 
     sweep_dir = str(tmp_path / "sweep")
-    for name in ("a", "b"):
-        os.makedirs(os.path.join(sweep_dir, name))
     sweep.run_sweep(trials, sweep_dir, run_one, only=["a"], base="x.cfg")
     assert ran == ["a"]
     scores = sweep.run_sweep(trials, sweep_dir, run_one, base="x.cfg")

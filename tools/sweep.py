@@ -161,6 +161,7 @@ def run_sweep(trials, sweep_dir, run_one, only=(), base=None):
                 continue
             print(f"trial {trial['name']}: running ...", flush=True)
             score = run_one(trial)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 json.dump(score, f, indent=2)
         with open(path) as f:
