@@ -9,8 +9,9 @@ evaluation on the CPC features, the same probe on a randomly initialised
 encoder, fine-tuning of the CPC encoder, the supervised baseline from
 scratch and a logistic regression on raw pixels (`reporting.plan`). Each
 stage is the ordinary entry point (run in this process, in one of its
-own with `--stage_processes`, or `--stage_workers` of them side by side,
-each with its share of the cores) with its flagfile (`--linear_flagfile`,
+own with `--stage_processes`, or in `--stage_workers` worker processes
+side by side, each with its share of the cores and the supervised
+baseline beside pretraining) with its flagfile (`--linear_flagfile`,
 ...) and the pretraining run's data flags, in its own directory under
 `--report_dir`; a stage whose results exist is not
 run again, so an interrupted report resumes where it stopped. After every
@@ -59,7 +60,8 @@ def run_report(
     have finished; `in_process=False` runs each stage in a subprocess of
     its own (isolation for large models); `workers > 1` runs the
     evaluation stages, after pretraining, that many processes at a time
-    (`stages.run_side_by_side`; stage seconds then overlap). Returns
+    (`stages.run_side_by_side`; stage seconds then overlap), pretraining
+    among them when some stage does not need it. Returns
     `(report dict, markdown)`.
     """
     tf.io.gfile.makedirs(report_dir)
@@ -110,8 +112,14 @@ def run_report(
                 print(f"{prefix(stage)}: {state}, skipped", flush=True)
         else:
             to_run.append(stage)
-    # Pretraining comes first: every other stage may read it.
-    while to_run and (workers == 1 or to_run[0].method == "pretrain"):
+    # Pretraining comes first: the other stages read it, except those that
+    # can run beside it in a worker of their own.
+    beside = workers > 1 and any(
+        stage.method in reporting.WITHOUT_PRETRAINING for stage in to_run
+    )
+    while to_run and (
+        workers == 1 or (to_run[0].method == "pretrain" and not beside)
+    ):
         stage = to_run.pop(0)
         started(stage)
         stage_start = time.perf_counter()
@@ -121,11 +129,21 @@ def run_report(
             stage_runner.run_in_subprocess(stage, log_path(stage))
         finished(stage, time.perf_counter() - stage_start)
     if to_run:
-        # Whole-image training first, probes last: the long stages do not
-        # leave one worker alone at the end.
-        to_run.sort(key=lambda stage: stage.method not in reporting.WHOLE_IMAGE)
+        # Pretraining, then whole-image training, probes last: the long
+        # stages do not leave one worker alone at the end.
+        to_run.sort(
+            key=lambda stage: (
+                stage.method != "pretrain",
+                stage.method not in reporting.WHOLE_IMAGE,
+            )
+        )
         stage_runner.run_side_by_side(
-            to_run, log_path, workers, started, finished
+            to_run,
+            log_path,
+            workers,
+            started,
+            finished,
+            needs=reporting.stage_needs,
         )
     return write_outputs()
 
@@ -224,8 +242,9 @@ def define_flags():
     flags.DEFINE_integer(
         "stage_workers",
         1,
-        "[report] Evaluation stages run side by side, each in a process "
-        "with cores / stage_workers threads (after pretraining).",
+        "[report] Worker processes running stages side by side, each "
+        "with cores / stage_workers threads (pretraining alone first, "
+        "unless a supervised stage can run beside it).",
     )
     for method, default in (
         ("linear", "flags/linear_demo.cfg"),

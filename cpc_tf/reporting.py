@@ -30,6 +30,8 @@ METHODS = {
 CPC_METHODS = ("linear_cpc", "finetune")
 # Methods that train a network on whole images (the long stages).
 WHOLE_IMAGE = ("finetune", "supervised")
+# Methods that read nothing of pretraining (they may run beside it).
+WITHOUT_PRETRAINING = ("supervised",)
 RESULTS_FILE = "results.json"
 
 
@@ -167,6 +169,13 @@ def plan(
                     )
                 )
     return stages
+
+
+def stage_needs(stage):
+    """Names of the stages that must finish before `stage` starts."""
+    if stage.method in ("pretrain", *WITHOUT_PRETRAINING):
+        return ()
+    return ("pretrain",)
 
 
 def stage_done(stage):

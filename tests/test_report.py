@@ -202,7 +202,8 @@ def test_report_runs_stages_side_by_side(tmp_path):
         tmp_path,
         "--knn_every=0",
         "--fractions=10,100",
-        "--methods=linear_random,pixels",
+        "--methods=linear_random,supervised,pixels",
+        "--supervised_args=steps=3,batch_size=8,eval_batch_size=500",
         "--stage_workers=2",
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -211,8 +212,16 @@ def test_report_runs_stages_side_by_side(tmp_path):
     )
     assert process.returncode == 0, process.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["complete"] and len(data["stage_seconds"]) == 5
-    # The evaluation stages ran in processes of their own.
+    assert data["complete"] and len(data["stage_seconds"]) == 7
+    # The supervised baseline, which needs no pretraining, started beside
+    # it; the probes, which do, after it.
+    lines = process.stdout.splitlines()
+    pretrained = next(
+        i for i, line in enumerate(lines) if "pretrain: finished" in line
+    )
+    assert "[3/7] supervised_10pct: running ..." in lines[:pretrained]
+    assert "[2/7] linear_random_10pct: running ..." in lines[pretrained:]
+    # The stages ran in worker processes, not in the report's.
     log = (tmp_path / "pixels_100pct.log").read_text()
     assert log.startswith(f"{sys.executable} -m cpc_tf.linear_eval")
 
