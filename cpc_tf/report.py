@@ -112,15 +112,19 @@ def run_report(
                 print(f"{prefix(stage)}: {state}, skipped", flush=True)
         else:
             to_run.append(stage)
-    # Pretraining comes first: the other stages read it, except those that
-    # can run beside it in a worker of their own.
-    beside = workers > 1 and any(
-        stage.method in reporting.WITHOUT_PRETRAINING for stage in to_run
+    # Pretraining comes first: the other stages read it. With workers it
+    # runs among them when some stage does not need it.
+    beside = any(
+        stage.method != "pretrain" and not reporting.stage_needs(stage)
+        for stage in to_run
     )
-    while to_run and (
-        workers == 1 or (to_run[0].method == "pretrain" and not beside)
-    ):
-        stage = to_run.pop(0)
+    if workers == 1:
+        one_by_one, to_run = to_run, []
+    elif to_run and to_run[0].method == "pretrain" and not beside:
+        one_by_one, to_run = to_run[:1], to_run[1:]
+    else:
+        one_by_one = []
+    for stage in one_by_one:
         started(stage)
         stage_start = time.perf_counter()
         if in_process:

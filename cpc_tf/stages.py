@@ -46,28 +46,30 @@ def thread_environment(workers):
     )
 
 
+def _command(stage):
+    return [sys.executable, "-m", stage.module, *stage.args]
+
+
 def command_line(stage):
     """The shell command that runs `stage` on its own."""
-    return " ".join([sys.executable, "-m", stage.module, *stage.args])
+    return " ".join(_command(stage))
 
 
 def _tail(text, lines=40):
     return "".join(text.splitlines(keepends=True)[-lines:])
 
 
-def run_in_subprocess(stage, log_path, env=None):
+def run_in_subprocess(stage, log_path):
     """Runs one stage's entry point in a subprocess, its output streamed
     to `log_path`; raises with the log's tail on failure."""
-    command = [sys.executable, "-m", stage.module, *stage.args]
     tail = []
     with tf.io.gfile.GFile(log_path, "w") as log:
         log.write(command_line(stage) + "\n")
         process = subprocess.Popen(
-            command,
+            _command(stage),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
         )
         for line in process.stdout:
             log.write(line)
@@ -195,9 +197,9 @@ def run_side_by_side(
     if not pending:
         return
     env = thread_environment(workers)
-    started = [StageWorker(env) for _ in range(min(workers, len(pending)))]
+    processes = [StageWorker(env) for _ in range(min(workers, len(pending)))]
     idle = queue.SimpleQueue()
-    for worker in started:
+    for worker in processes:
         idle.put(worker)
 
     def timed(stage):
@@ -242,7 +244,7 @@ def run_side_by_side(
                         names.discard(stage.name)
                         on_finish(stage, future.result())
     finally:
-        for worker in started:
+        for worker in processes:
             worker.close()
     if error is not None:
         raise error
