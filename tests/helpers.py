@@ -1,7 +1,8 @@
-"""Shared by the entry-point tests: flag parsing and a fast tiny setting."""
+"""Shared by the tests: flag parsing, a fast tiny setting, test patches."""
 
 import os
 
+import numpy as np
 from absl import flags as absl_flags
 
 from cpc_tf import flags as cpc_flags
@@ -48,3 +49,19 @@ def parse(*args):
     )
     values(["pretrain", *args])
     return cpc_flags.config_from_flags(PretrainConfig, values)
+
+
+def textured_patches(n=8, size=12, seed=0):
+    """float32 [n, size, size, 3] on the 8-bit grid: a ramp, noise, a tint."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.1, 0.9, size)[None, :, None, None]
+    noise = rng.random((n, size, size, 3)) * 0.3
+    tint = rng.random((n, 1, 1, 3)) * 0.4
+    images = np.clip(ramp.transpose(0, 2, 1, 3) * 0.5 + noise + tint, 0, 1)
+    return (np.round(images * 255) / 255).astype(np.float32)
+
+
+def in_unit_range(x):
+    """Whether every value of `x` lies in [0, 1]."""
+    x = np.asarray(x)
+    return x.min() >= 0.0 and x.max() <= 1.0

@@ -2,12 +2,12 @@
 
 import dataclasses
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageEnhance, ImageOps
 
-from cpc_tf.data import augment
+from cpc_tf.data import augment, augment_ops
 
 OFF = augment.AugmentConfig(
     randaugment=False,
@@ -18,32 +18,8 @@ OFF = augment.AugmentConfig(
 )
 
 
-def _patches(n=8, size=12, seed=0):
-    """float32 [n, size, size, 3] on the 8-bit grid, with structure."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0.1, 0.9, size)[None, :, None, None]
-    noise = rng.random((n, size, size, 3)) * 0.3
-    tint = rng.random((n, 1, 1, 3)) * 0.4
-    images = np.clip(ramp.transpose(0, 2, 1, 3) * 0.5 + noise + tint, 0, 1)
-    return (np.round(images * 255) / 255).astype(np.float32)
-
-
-def _pil(images, fn):
-    """Applies a PIL function to each float image; back to float."""
-    out = [
-        np.asarray(fn(Image.fromarray(np.round(im * 255).astype(np.uint8))))
-        for im in images
-    ]
-    return np.stack(out).astype(np.float32) / 255
-
-
 def _only(**kwargs):
     return dataclasses.replace(OFF, **kwargs)
-
-
-def _in_range(x):
-    x = np.asarray(x)
-    return x.min() >= 0.0 and x.max() <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -64,11 +40,11 @@ def test_config_validation_names_the_field(field, value):
 
 
 def test_full_augmentation_shape_range_determinism_and_tf_data():
-    x = _patches(16)
+    x = helpers.textured_patches(16)
     config = augment.AugmentConfig()
     out = augment.augment_patches(x, config, 3).numpy()
     assert out.shape == x.shape and out.dtype == np.float32
-    assert _in_range(out)
+    assert helpers.in_unit_range(out)
     np.testing.assert_array_equal(
         out, augment.augment_patches(x, config, 3).numpy()
     )
@@ -83,7 +59,7 @@ def test_full_augmentation_shape_range_determinism_and_tf_data():
 
 
 def test_chunked_augmentation_equals_one_pass(monkeypatch):
-    x = _patches(10, size=8)
+    x = helpers.textured_patches(10, size=8)
     config = augment.AugmentConfig()
     whole = augment.augment_patches(x, config, 9).numpy()
     # Chunks of 3 patches: four of them, the last one padded.
@@ -99,13 +75,13 @@ def test_chunked_augmentation_equals_one_pass(monkeypatch):
 
 
 def test_all_steps_off_is_identity():
-    x = _patches()
+    x = helpers.textured_patches()
     np.testing.assert_array_equal(augment.augment_patches(x, OFF, 0), x)
 
 
 def test_patches_of_one_image_get_different_operations():
     # 36 identical patches, as if cut from one flat image region.
-    x = np.repeat(_patches(1), 36, axis=0)
+    x = np.repeat(helpers.textured_patches(1), 36, axis=0)
     config = _only(randaugment=True)
     ops = augment.sample_randaugment_ops(36, config, 5).numpy()
     assert ops.shape == (36, 2)
@@ -119,15 +95,15 @@ def test_patches_of_one_image_get_different_operations():
 def test_randaugment_routes_each_patch_to_its_own_ops():
     """At magnitude 0 only AutoContrast, Equalize and Invert change a
     patch, so each patch's expected output follows from its own two ops."""
-    x = _patches(60)
+    x = helpers.textured_patches(60)
     config = _only(randaugment=True, randaugment_magnitude=0.0)
     ops = augment.sample_randaugment_ops(60, config, 11).numpy()
     out = augment.augment_patches(x, config, 11).numpy()
     names = augment.RANDAUGMENT_OPS
     # The three single-patch ops, checked against PIL below.
     reference = {
-        "auto_contrast": augment._auto_contrast,
-        "equalize": augment._equalize,
+        "auto_contrast": augment_ops.auto_contrast,
+        "equalize": augment_ops.equalize,
         "invert": lambda im: 1.0 - im,
     }
     for i, pair in enumerate(ops):
@@ -139,77 +115,12 @@ def test_randaugment_routes_each_patch_to_its_own_ops():
     assert {names[o] for o in ops.ravel()} >= set(reference)
 
 
-@pytest.mark.parametrize(
-    "name, pil_fn",
-    [
-        ("equalize", ImageOps.equalize),
-        ("auto_contrast", ImageOps.autocontrast),
-        ("invert", ImageOps.invert),
-        ("posterize", lambda im: ImageOps.posterize(im, 6)),
-        ("solarize", lambda im: ImageOps.solarize(im, 128)),
-    ],
-)
-def test_pixel_ops_match_pil(name, pil_fn):
-    """Posterize to 6 bits and solarize at 128 are magnitude 0.5."""
-    x = _patches(4)
-    u = tf.zeros([4, 3])
-    got = augment._op_branch(name, 0.5)(tf.constant(x), u).numpy()
-    np.testing.assert_allclose(got, _pil(x, pil_fn), atol=1 / 255 + 1e-6)
-
-
-@pytest.mark.parametrize(
-    "name, enhancer",
-    [
-        ("contrast", ImageEnhance.Contrast),
-        ("color", ImageEnhance.Color),
-        ("brightness", ImageEnhance.Brightness),
-        ("sharpness", ImageEnhance.Sharpness),
-    ],
-)
-def test_enhance_ops_match_pil_with_random_sign(name, enhancer):
-    x = _patches(2)
-    # Sign from u[:, 0]: < 0.5 -> factor 1 - 0.9 m, else 1 + 0.9 m.
-    u = tf.constant([[0.2, 0, 0], [0.8, 0, 0]], tf.float32)
-    got = augment._op_branch(name, 0.5)(tf.constant(x), u).numpy()
-    for i, factor in enumerate((0.55, 1.45)):
-        image = Image.fromarray(np.round(x[i] * 255).astype(np.uint8))
-        expected = np.asarray(enhancer(image).enhance(factor)) / 255
-        np.testing.assert_allclose(got[i], expected, atol=2 / 255)
-
-
-def test_geometric_ops_move_pixels_and_fill_grey():
-    x = _patches(2, size=10)
-    u = tf.constant([[0.8, 0, 0], [0.2, 0, 0]], tf.float32)
-    # Translate by 0.45 * m * 10 = 2 pixels (m = 4 / 9): right, then left.
-    got = augment._op_branch("translate_x", 4 / 9)(tf.constant(x), u).numpy()
-    np.testing.assert_allclose(got[0, :, :-2], x[0, :, 2:], atol=1e-5)
-    np.testing.assert_allclose(got[0, :, -2:], 0.5)
-    np.testing.assert_allclose(got[1, :, 2:], x[1, :, :-2], atol=1e-5)
-    for name in ("shear_x", "shear_y", "rotate"):
-        out = augment._op_branch(name, 1.0)(tf.constant(x), u).numpy()
-        assert _in_range(out) and not np.allclose(out, x)
-        # The centre pixel stays where it is (transforms about the centre).
-        odd = tf.constant(x[:, :9, :9])
-        centre = augment._op_branch(name, 1.0)(odd, u).numpy()[:, 4, 4]
-        np.testing.assert_allclose(centre, x[:, 4, 4], atol=1e-5)
-
-
-def test_cutout_paints_a_grey_square():
-    x = _patches(1, size=20)
-    u = tf.constant([[0.0, 0.5, 0.5]], tf.float32)  # centre (10, 10)
-    got = augment._op_branch("cutout", 1.0)(tf.constant(x), u).numpy()[0]
-    # Half side round(0.18 * 20) = 4: rows and columns 6..13.
-    np.testing.assert_array_equal(got[6:14, 6:14], 0.5)
-    np.testing.assert_array_equal(got[:6], x[0, :6])
-    np.testing.assert_array_equal(got[:, 14:], x[0, :, 14:])
-
-
 def test_elastic_shear_moves_pixels_not_colours():
     n = 64
-    x = _patches(n, size=16)
+    x = helpers.textured_patches(n, size=16)
     config = _only(elastic_shear_prob=1.0)
     out = augment.augment_patches(x, config, 1).numpy()
-    assert _in_range(out)
+    assert helpers.in_unit_range(out)
     assert all(not np.allclose(o, p) for o, p in zip(out, x))
     # Pure resampling with edge replication: a flat patch stays flat, and
     # values stay within each patch's own range.
@@ -233,10 +144,10 @@ def test_elastic_shear_moves_pixels_not_colours():
 
 
 def test_color_histogram_is_a_monotone_curve_per_channel():
-    x = _patches(32)
+    x = helpers.textured_patches(32)
     out = augment.augment_patches(x, _only(color_histogram_prob=1.0), 2)
     out = out.numpy()
-    assert _in_range(out) and not np.allclose(out, x)
+    assert helpers.in_unit_range(out) and not np.allclose(out, x)
     for o, p in zip(out, x):
         for c in range(3):
             order = np.argsort(p[..., c], axis=None, kind="stable")
@@ -251,36 +162,18 @@ def test_color_histogram_is_a_monotone_curve_per_channel():
 
 
 def test_color_jitter_keeps_grey_grey_and_changes_colour():
-    x = _patches(32)
+    x = helpers.textured_patches(32)
     config = _only(color_jitter_prob=1.0)
     out = augment.augment_patches(x, config, 4).numpy()
-    assert _in_range(out)
+    assert helpers.in_unit_range(out)
     assert all(not np.allclose(o, p, atol=1e-3) for o, p in zip(out, x))
     grey = np.repeat(x[..., :1], 3, axis=-1)
     out = augment.augment_patches(grey, config, 4).numpy()
     np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-5)
 
 
-def test_chroma_maps_saturation_and_hue():
-    """Saturation 0 gives TF's greyscale (whose luma weights are rounded
-    differently, hence 1e-3); a hue turn keeps luma."""
-    x = tf.constant(_patches(2))
-    to_grey = augment._chroma_maps(tf.zeros([2]), tf.zeros([2]))
-    grey = tf.einsum("nij,nhwj->nhwi", to_grey, x)
-    expected = tf.image.rgb_to_grayscale(x)
-    np.testing.assert_allclose(grey, tf.tile(expected, [1, 1, 1, 3]), atol=1e-3)
-    rotate = augment._chroma_maps(tf.ones([2]), tf.constant([0.2, -0.2]))
-    turned = tf.einsum("nij,nhwj->nhwi", rotate, x)
-    np.testing.assert_allclose(
-        tf.image.rgb_to_grayscale(turned), expected, atol=1e-3
-    )
-    assert not np.allclose(turned, x, atol=1e-2)
-    identity = augment._chroma_maps(tf.ones([1]), tf.zeros([1]))
-    np.testing.assert_allclose(identity[0], np.eye(3), atol=1e-5)
-
-
 def test_grayscale_step():
-    x = _patches(400, size=4)
+    x = helpers.textured_patches(400, size=4)
     out = augment.augment_patches(x, _only(grayscale_prob=1.0), 0).numpy()
     expected = tf.image.rgb_to_grayscale(x).numpy()
     np.testing.assert_allclose(out, np.repeat(expected, 3, -1), atol=1e-6)
@@ -293,7 +186,7 @@ def test_inception_crop():
     image = np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)
     crop = augment.inception_crop(image, 16, 1).numpy()
     assert crop.shape == (16, 16, 3) and crop.dtype == np.float32
-    assert _in_range(crop)
+    assert helpers.in_unit_range(crop)
     np.testing.assert_array_equal(crop, augment.inception_crop(image, 16, 1))
     assert not np.allclose(crop, augment.inception_crop(image, 16, 2))
     full = augment.inception_crop(
