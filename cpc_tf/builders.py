@@ -80,6 +80,40 @@ def trainer_options(run, optim, steps, model_dir=None, verbose=True):
     )
 
 
+def pretrain_patches(
+    data, batch_size, seed, ids=None, shuffle_buffer=None, input_context=None
+):
+    """Training patch grids of `data` (a `DataConfig`), labels dropped.
+
+    Args:
+        batch_size: images per batch (per pipeline with `input_context`).
+        seed: the pipeline's seed (crops, augmentation, shuffling).
+        ids: indices of `data.train_data` to read (None: all).
+        shuffle_buffer: defaults to `data.shuffle_buffer`.
+
+    Returns:
+        `(dataset of [batch, g, g, P, P, 3] float32, SourceInfo)`.
+    """
+    dataset, info = pipeline.pretrain_dataset(
+        data.train_data,
+        batch_size=batch_size,
+        training=True,
+        image_size=data.image_size,
+        crop_size=data.crop_size,
+        patch_size=data.patch_size,
+        patch_stride=data.patch_stride,
+        augment=augment_config(data),
+        seed=seed,
+        data_dir=data.data_dir or None,
+        input_context=input_context,
+        label_subset=ids,
+        shuffle_buffer=(
+            data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
+        ),
+    )
+    return dataset.map(lambda patches, labels: patches), info
+
+
 def pretrain_dataset_fn(data, run, steps_done, ids=None):
     """`dataset_fn` of pretraining patch grids (labels dropped).
 
@@ -94,26 +128,17 @@ def pretrain_dataset_fn(data, run, steps_done, ids=None):
     The returned function keeps the `SourceInfo` of every pipeline it made
     in its `infos` list (for the skipped-image count).
     """
-    augment = augment_config(data)
 
     def dataset_fn(input_context):
-        dataset, info = pipeline.pretrain_dataset(
-            data.train_data,
-            batch_size=input_context.get_per_replica_batch_size(run.batch_size),
-            training=True,
-            image_size=data.image_size,
-            crop_size=data.crop_size,
-            patch_size=data.patch_size,
-            patch_stride=data.patch_stride,
-            augment=augment,
-            seed=run.seed + 1009 * steps_done(),
-            data_dir=data.data_dir or None,
+        dataset, info = pretrain_patches(
+            data,
+            input_context.get_per_replica_batch_size(run.batch_size),
+            run.seed + 1009 * steps_done(),
+            ids=ids,
             input_context=input_context,
-            label_subset=ids,
-            shuffle_buffer=data.shuffle_buffer,
         )
         dataset_fn.infos.append(info)
-        return dataset.map(lambda patches, labels: patches)
+        return dataset
 
     dataset_fn.infos = []
     return dataset_fn

@@ -36,7 +36,7 @@ from cpc_tf.config import (
     PretrainConfig,
     RunConfig,
 )
-from cpc_tf.data import pipeline, sources, subsets
+from cpc_tf.data import sources, subsets
 from cpc_tf.evaluation import monitor
 from cpc_tf.optimizers import make_optimizer
 from cpc_tf.tasks import CPCTask
@@ -58,22 +58,14 @@ def patch_mosaic(patches):
 
 
 def _log_sample_patches(config, writer, ids):
-    data = config.data
-    sample, _ = pipeline.pretrain_dataset(
-        data.train_data,
-        batch_size=1,
-        training=True,
-        image_size=data.image_size,
-        crop_size=data.crop_size,
-        patch_size=data.patch_size,
-        patch_stride=data.patch_stride,
-        augment=builders.augment_config(data),
-        seed=config.run.seed,
-        data_dir=data.data_dir or None,
-        label_subset=None if ids is None else ids[:64],
+    sample, _ = builders.pretrain_patches(
+        config.data,
+        1,
+        config.run.seed,
+        ids=None if ids is None else ids[:64],
         shuffle_buffer=1,
     )
-    patches, _ = next(iter(sample))
+    patches = next(iter(sample))
     with writer.as_default(step=0):
         tf.summary.image(
             "augmented_patches", patch_mosaic(patches[0].numpy()), step=0

@@ -35,7 +35,7 @@ from cpc_tf.config import (
     PretrainConfig,
     RunConfig,
 )
-from cpc_tf.data import pipeline, sources
+from cpc_tf.data import sources
 from cpc_tf.optimizers import make_optimizer
 from cpc_tf.tasks import CPCTask
 
@@ -97,21 +97,13 @@ def with_available_source(config, stand_in):
 
 def _dataset(config, shuffle_buffer):
     """The training patches of `config`, as `pretrain.run` reads them."""
-    data = config.data
-    dataset, _ = pipeline.pretrain_dataset(
-        data.train_data,
-        batch_size=config.run.batch_size,
-        training=True,
-        image_size=data.image_size,
-        crop_size=data.crop_size,
-        patch_size=data.patch_size,
-        patch_stride=data.patch_stride,
-        augment=builders.augment_config(data),
-        seed=config.run.seed,
-        data_dir=data.data_dir or None,
+    dataset, _ = builders.pretrain_patches(
+        config.data,
+        config.run.batch_size,
+        config.run.seed,
         shuffle_buffer=shuffle_buffer,
     )
-    return dataset.map(lambda patches, labels: patches)
+    return dataset
 
 
 def pipeline_job(config, job):
