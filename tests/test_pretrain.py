@@ -15,7 +15,7 @@ from helpers import FAST, ROOT, parse
 
 from cpc_tf import artifacts, builders, pretrain, splits
 from cpc_tf.config import FlagError, RunConfig
-from cpc_tf.data import sources
+from cpc_tf.data import readers
 
 # How long a subprocess may take to start and fail or finish: generous, so
 # that a machine 3x slower than the reference passes.
@@ -275,7 +275,7 @@ def test_pretraining_never_reads_the_hold_out(tmp_path):
         seen |= set((grey.reshape(len(grey), -1)[:, 0] / 5).astype(int))
     # Images are ordered round-robin over the two classes: source index i
     # is image i of the folder order, i.e. grey 5 * i of that file.
-    paths = sources._folder_files(str(tmp_path / "images"))[0]
+    paths = readers.folder_files(str(tmp_path / "images"))[0]
     image_of_index = [int(os.path.basename(p)[:3]) for p in paths]
     held_images = {image_of_index[i] for i in held}
     assert seen and not seen & held_images

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from cpc_tf.data import sources
+from cpc_tf.data import readers, sources
 from cpc_tf.evaluation import ProbeOptions, probe
 
 
 def mnist_pixels():
     """Fixed features: mnist5k pixels in [0, 1], 3,500/500/1,000 split."""
     train = sources.source_labels("mnist5k:train")
-    images, labels = sources._mnist5k_arrays()
-    ids = sources._mnist5k_split_ids()
+    images, labels = readers.mnist5k_arrays()
+    ids = readers.mnist5k_split_ids()
     pixels = images.reshape(len(images), -1).astype("float32") / 255.0
     del train
     rng = np.random.default_rng(0)
