@@ -14,7 +14,7 @@ import tensorflow as tf
 from helpers import FAST, ROOT, parse
 
 from cpc_tf import artifacts, builders, pretrain, splits
-from cpc_tf.config import FlagError, RunConfig
+from cpc_tf.config import FlagError
 from cpc_tf.data import readers
 
 # How long a subprocess may take to start and fail or finish: generous, so
@@ -322,15 +322,6 @@ def test_finished_run_keeps_its_summary_and_encoder(tmp_path):
     assert again["first_loss"] == first["first_loss"] is not None
     assert again["steps"] == 2 and again["start_step"] == 0
     assert encoder.stat().st_mtime_ns == saved_at
-
-
-def test_total_steps_from_epochs():
-    run = RunConfig(steps=0, epochs=2.0, batch_size=64)
-    assert builders.total_steps(run, 1000) == 32
-    floored = RunConfig(steps=0, epochs=2.0, batch_size=64, min_steps=100)
-    assert builders.total_steps(floored, 1000) == 100
-    with pytest.raises(ValueError, match="--steps"):
-        builders.total_steps(run, None)
 
 
 # flags/v2.cfg's encoder made narrow: everything else as the paper has it.
