@@ -92,11 +92,8 @@ def test_bad_flag_fails_before_compute(tmp_path):
 @pytest.mark.parametrize(
     "args,flag",
     [
-        (["--train_data=nope:x"], "--train_data"),
-        (["--train_data=folder:/no/such/folder"], "--train_data"),
+        # Each kind of bad source: test_runtime, in process.
         (["--train_data=tfrecord:/no/such/*.tfrecord"], "--train_data"),
-        (["--train_data=tfds:no_such_dataset_xyz:train"], "--train_data"),
-        (["--knn_every=5", "--eval_data=folder:/no/such"], "--eval_data"),
         (["--model_dir=README.md"], "--model_dir"),
     ],
 )
@@ -107,6 +104,19 @@ def test_bad_sources_and_directories_fail_in_a_line(tmp_path, args, flag):
     output = process.communicate(timeout=START_TIMEOUT)[0]
     assert process.returncode == 1
     fails_in_a_line(output, flag)
+    assert not os.path.exists(f"{tmp_path}/run/checkpoints")
+
+
+def test_the_knn_monitor_needs_a_readable_eval_data(tmp_path):
+    config = parse(
+        f"--flagfile={ROOT}/flags/demo.cfg",
+        *FAST,
+        "--knn_every=5",
+        "--eval_data=folder:/no/such",
+        f"--model_dir={tmp_path}/run",
+    )
+    with pytest.raises(FlagError, match="^--eval_data: "):
+        pretrain.run(config, verbose=False)
     assert not os.path.exists(f"{tmp_path}/run/checkpoints")
 
 

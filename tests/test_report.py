@@ -201,7 +201,7 @@ def test_report_runs_stages_side_by_side(tmp_path):
     command = _tiny_report(
         tmp_path,
         "--knn_every=0",
-        "--fractions=10,100",
+        "--fractions=100",
         "--methods=linear_random,supervised,pixels",
         "--supervised_args=steps=3,batch_size=8,eval_batch_size=500",
         "--stage_workers=2",
@@ -212,15 +212,15 @@ def test_report_runs_stages_side_by_side(tmp_path):
     )
     assert process.returncode == 0, process.stderr[-3000:]
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["complete"] and len(data["stage_seconds"]) == 7
+    assert data["complete"] and len(data["stage_seconds"]) == 4
     # The supervised baseline, which needs no pretraining, started beside
     # it; the probes, which do, after it.
     lines = process.stdout.splitlines()
     pretrained = next(
         i for i, line in enumerate(lines) if "pretrain: finished" in line
     )
-    assert "[3/7] supervised_10pct: running ..." in lines[:pretrained]
-    assert "[2/7] linear_random_10pct: running ..." in lines[pretrained:]
+    assert "[3/4] supervised_100pct: running ..." in lines[:pretrained]
+    assert "[2/4] linear_random_100pct: running ..." in lines[pretrained:]
     # The stages ran in worker processes, not in the report's.
     log = (tmp_path / "pixels_100pct.log").read_text()
     assert log.startswith(f"{sys.executable} -m cpc_tf.linear_eval")

@@ -17,6 +17,20 @@ def test_prepare_model_dir(tmp_path):
         runtime.prepare_model_dir("", flag="export_dir")
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "nope:x",
+        "folder:/no/such/folder",
+        "tfrecord:/no/such/*.tfrecord",
+        "tfds:no_such_dataset_xyz:train",
+    ],
+)
+def test_check_sources_names_the_flag_of_a_bad_source(spec):
+    with pytest.raises(FlagError, match="^--train_data: "):
+        runtime.check_sources(DataConfig(train_data=spec))
+
+
 def test_check_sources_names_the_flag():
     with pytest.raises(FlagError, match="^--train_data: .*folder"):
         runtime.check_sources(DataConfig(train_data="folder:/no/such"))
