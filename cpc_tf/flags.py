@@ -1,7 +1,8 @@
 """absl flags defined one-to-one from the config dataclasses.
 
-Only entry points import this module. Each dataclass field becomes a flag
-of the same name, with its help text prefixed by the config group, so
+Entry points, and tools that parse a config's command line
+(`parse_pretrain_args`), import this module. Each dataclass field becomes
+a flag of the same name, with its help text prefixed by the config group, so
 `--helpfull` reads like a manual and a flagfile is a list of fields.
 """
 
@@ -9,7 +10,15 @@ import dataclasses
 
 from absl import flags
 
-from cpc_tf.config import FlagError
+from cpc_tf.config import (
+    DataConfig,
+    FlagError,
+    KnnConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    RunConfig,
+)
 
 FLAGS = flags.FLAGS
 
@@ -72,6 +81,27 @@ def config_from_flags(cls, flag_values=FLAGS):
         else:
             kwargs[field.name] = _convert(field, flag_values[field.name].value)
     return cls(**kwargs)
+
+
+def define_pretrain_flags(flag_values=FLAGS):
+    """Defines the flags of `cpc_tf.pretrain` (every `PretrainConfig` group)."""
+    define_config_flags(
+        DataConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        KnnConfig,
+        flag_values=flag_values,
+    )
+
+
+def parse_pretrain_args(args, program="cpc_tf"):
+    """A `PretrainConfig` from command-line style `args` (flagfiles
+    included), parsed on flags of its own, not the global `FLAGS`."""
+    values = flags.FlagValues()
+    define_pretrain_flags(values)
+    values([program, *args])
+    return config_from_flags(PretrainConfig, values)
 
 
 def define_protocol_flags(flag_values, defaults, *config_classes):

@@ -29,12 +29,7 @@ from cpc_tf import (
 )
 from cpc_tf import flags as cpc_flags
 from cpc_tf.config import (
-    DataConfig,
-    KnnConfig,
-    ModelConfig,
-    OptimConfig,
     PretrainConfig,
-    RunConfig,
 )
 from cpc_tf.data import sources, subsets
 from cpc_tf.evaluation import monitor
@@ -208,14 +203,7 @@ def main(argv):
 
 
 def define_flags(flag_values=cpc_flags.FLAGS):
-    cpc_flags.define_config_flags(
-        DataConfig,
-        ModelConfig,
-        OptimConfig,
-        RunConfig,
-        KnnConfig,
-        flag_values=flag_values,
-    )
+    cpc_flags.define_pretrain_flags(flag_values)
 
 
 if __name__ == "__main__":

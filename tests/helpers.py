@@ -3,17 +3,8 @@
 import os
 
 import numpy as np
-from absl import flags as absl_flags
 
 from cpc_tf import flags as cpc_flags
-from cpc_tf.config import (
-    DataConfig,
-    KnnConfig,
-    ModelConfig,
-    OptimConfig,
-    PretrainConfig,
-    RunConfig,
-)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
@@ -38,17 +29,7 @@ FAST = [
 
 def parse(*args):
     """A `PretrainConfig` from command-line style arguments."""
-    values = absl_flags.FlagValues()
-    cpc_flags.define_config_flags(
-        DataConfig,
-        ModelConfig,
-        OptimConfig,
-        RunConfig,
-        KnnConfig,
-        flag_values=values,
-    )
-    values(["pretrain", *args])
-    return cpc_flags.config_from_flags(PretrainConfig, values)
+    return cpc_flags.parse_pretrain_args(args, program="pretrain")
 
 
 def textured_patches(n=8, size=12, seed=0):

@@ -45,14 +45,6 @@ from absl import app, flags  # noqa: E402
 
 from cpc_tf import builders, distribute, trainer  # noqa: E402
 from cpc_tf import flags as cpc_flags  # noqa: E402
-from cpc_tf.config import (  # noqa: E402
-    DataConfig,
-    KnnConfig,
-    ModelConfig,
-    OptimConfig,
-    PretrainConfig,
-    RunConfig,
-)
 from cpc_tf.optimizers import make_optimizer  # noqa: E402
 from cpc_tf.tasks import CPCTask  # noqa: E402
 
@@ -67,17 +59,8 @@ flags.DEFINE_string("output", "distribution.json", "JSON results.")
 
 
 def parse_config(name):
-    values = flags.FlagValues()
-    cpc_flags.define_config_flags(
-        DataConfig,
-        ModelConfig,
-        OptimConfig,
-        RunConfig,
-        KnnConfig,
-        flag_values=values,
-    )
-    values(["bench", f"--flagfile={os.path.join(ROOT, 'flags', name)}.cfg"])
-    return cpc_flags.config_from_flags(PretrainConfig, values)
+    flagfile = os.path.join(ROOT, "flags", f"{name}.cfg")
+    return cpc_flags.parse_pretrain_args([f"--flagfile={flagfile}"], "bench")
 
 
 class Variant:

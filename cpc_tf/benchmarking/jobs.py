@@ -21,19 +21,12 @@ import time
 
 import keras
 import tensorflow as tf
-from absl import flags
 
 from cpc_tf import artifacts, builders, trainer
 from cpc_tf import flags as cpc_flags
 from cpc_tf.benchmarking import flops as flops_lib
 from cpc_tf.config import (
-    DataConfig,
     FlagError,
-    KnnConfig,
-    ModelConfig,
-    OptimConfig,
-    PretrainConfig,
-    RunConfig,
 )
 from cpc_tf.data import sources
 from cpc_tf.optimizers import make_optimizer
@@ -49,18 +42,8 @@ MIN_PEAK_SAMPLES = 3
 
 
 def parse_config(args):
-    """A `PretrainConfig` from command-line style `args` (own FlagValues)."""
-    values = flags.FlagValues()
-    cpc_flags.define_config_flags(
-        DataConfig,
-        ModelConfig,
-        OptimConfig,
-        RunConfig,
-        KnnConfig,
-        flag_values=values,
-    )
-    values(["benchmark", *args])
-    return cpc_flags.config_from_flags(PretrainConfig, values)
+    """A `PretrainConfig` from command-line style `args`."""
+    return cpc_flags.parse_pretrain_args(args, program="benchmark")
 
 
 def split_precision(precision):
