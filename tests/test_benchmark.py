@@ -12,23 +12,25 @@ from cpc_tf.benchmarking import runner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bad_flag_fails_in_one_line_before_any_work(tmp_path):
-    output = tmp_path / "bench.json"
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cpc_tf.benchmark",
-            "--configs=demo",
-            "--precisions=float16",
-            f"--output={output}",
-        ],
+def _benchmark(*args):
+    """Runs `python -m cpc_tf.benchmark ARGS`; returns the process."""
+    return subprocess.run(
+        [sys.executable, "-m", "cpc_tf.benchmark", *args],
         cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         timeout=300,
+    )
+
+
+def test_bad_flag_fails_in_one_line_before_any_work(tmp_path):
+    output = tmp_path / "bench.json"
+    process = _benchmark(
+        "--configs=demo",
+        "--precisions=float16",
+        f"--output={output}",
     )
     assert process.returncode == 1
     assert "error: --precisions" in process.stdout
@@ -40,27 +42,16 @@ def test_bad_flag_fails_in_one_line_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_cli_writes_every_required_field(tmp_path):
     output = tmp_path / "bench.json"
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cpc_tf.benchmark",
-            "--configs=demo",
-            "--precisions=float32",
-            "--steps=2",
-            "--warmup_steps=1",
-            "--batch_size=8",
-            "--set=demo:--shuffle_buffer=64",
-            "--pipeline_seconds=0.5",
-            "--matmul_size=512",
-            f"--output={output}",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
+    process = _benchmark(
+        "--configs=demo",
+        "--precisions=float32",
+        "--steps=2",
+        "--warmup_steps=1",
+        "--batch_size=8",
+        "--set=demo:--shuffle_buffer=64",
+        "--pipeline_seconds=0.5",
+        "--matmul_size=512",
+        f"--output={output}",
     )
     assert process.returncode == 0, process.stdout[-3000:]
     with open(output) as f:
