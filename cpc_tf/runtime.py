@@ -52,9 +52,16 @@ def session(run, strategy=None):
         strategy = distribute.make_strategy(run.strategy, run.tpu)
     distribute.check_batch_size(strategy, run.batch_size)
     keras.utils.set_random_seed(run.seed)
-    keras.mixed_precision.set_dtype_policy(run.dtype_policy)
-    try:
+    with dtype_policy(run.dtype_policy):
         yield strategy
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Keras's global dtype policy `name` inside, float32 after."""
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
 

@@ -9,7 +9,6 @@ patches (`train_job`); a "pipeline" job times `pretrain_dataset` alone.
 record to the job's `result` path.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +21,7 @@ import time
 import keras
 import tensorflow as tf
 
-from cpc_tf import artifacts, builders, trainer
+from cpc_tf import artifacts, builders, runtime, trainer
 from cpc_tf import flags as cpc_flags
 from cpc_tf.benchmarking import flops as flops_lib
 from cpc_tf.config import (
@@ -106,15 +105,6 @@ def pipeline_job(config, job):
     )
 
 
-@contextlib.contextmanager
-def _policy(name):
-    keras.mixed_precision.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
-
-
 class _Run:
     """One precision's model, `Trainer` and step times, built as
     `pretrain.run` builds them (default strategy)."""
@@ -123,7 +113,7 @@ class _Run:
         self.precision = precision
         self.policy, jit = split_precision(precision)
         strategy = tf.distribute.get_strategy()
-        with _policy(self.policy), strategy.scope():
+        with runtime.dtype_policy(self.policy), strategy.scope():
             keras.utils.set_random_seed(config.run.seed)
             self.model = builders.build_cpc_model(config)
             optimizer = make_optimizer(config.optim, total_steps)
@@ -132,7 +122,7 @@ class _Run:
         # sees (a chunked loss runs them in loops, and recomputes them).
         chunk_size = self.model.loss_chunk_size
         self.model.loss_chunk_size = None
-        with _policy(self.policy):
+        with runtime.dtype_policy(self.policy):
             self.flops = flops_lib.training_flops(task, patches.shape)
         self.model.loss_chunk_size = chunk_size
         self.trainer = trainer.Trainer(
@@ -157,7 +147,7 @@ class _Run:
 
     def step(self):
         """One timed `Trainer` step (the same `tf.function` `fit` runs)."""
-        with _policy(self.policy):
+        with runtime.dtype_policy(self.policy):
             start = time.perf_counter()
             self.loss = float(
                 self.trainer._train_loop(
