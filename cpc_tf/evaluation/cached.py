@@ -12,9 +12,9 @@ import keras
 import numpy as np
 
 from cpc_tf import preemption
+from cpc_tf.config import flag_error
 from cpc_tf.evaluation import feature_cache, features, knn, probe
 from cpc_tf.evaluation import inputs as inputs_lib
-from cpc_tf.evaluation.configs import _flag_error
 
 _VIEW_SALT = 7
 
@@ -129,7 +129,7 @@ def score(kind, embedded, num_classes, options, knn_config, seed):
             probe=dict(kind="knn", memory=len(train[1]), **knn_kwargs),
         )
     if validation is None:
-        _flag_error(
+        flag_error(
             "probe",
             "cached chooses its L2 strength and epochs on validation "
             "images: set --holdout, or --validation with "

@@ -8,9 +8,9 @@ repeated) and evaluation (one pass, no augmentation) from `data.pipeline`;
 import dataclasses
 
 from cpc_tf.builders import augment_config
-from cpc_tf.config import DataConfig
+from cpc_tf.config import DataConfig, flag_error
 from cpc_tf.data import pipeline, sources
-from cpc_tf.evaluation.configs import HOLDOUT, _flag_error
+from cpc_tf.evaluation.configs import HOLDOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +149,10 @@ def num_classes(data):
                 getattr(data, flag), data_dir=data.data_dir or None
             )
         except sources.SourceError as error:
-            _flag_error(flag, str(error))
+            flag_error(flag, str(error))
         counts[flag] = info.num_classes
     if counts["eval_data"] not in (None, counts["train_data"]):
-        _flag_error(
+        flag_error(
             "eval_data",
             f"{counts['eval_data']} classes, but --train_data has "
             f"{counts['train_data']}.",

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from cpc_tf import artifacts, encoders
 from cpc_tf.builders import build_backbone
-from cpc_tf.config import PretrainConfig, read_json
-from cpc_tf.evaluation.configs import GEOMETRY_FLAGS, _flag_error
+from cpc_tf.config import PretrainConfig, flag_error, read_json
+from cpc_tf.evaluation.configs import GEOMETRY_FLAGS
 
 
 def pretrained_geometry(data, pretrain_data, explicit=()):
@@ -30,7 +30,7 @@ def pretrained_geometry(data, pretrain_data, explicit=()):
     values = {name: getattr(pretrain_data, name) for name in GEOMETRY_FLAGS}
     for name in explicit:
         if getattr(data, name) != values[name]:
-            _flag_error(
+            flag_error(
                 name,
                 f"{getattr(data, name)} differs from the pretraining run's "
                 f"{values[name]}; linear evaluation uses the pretraining "
@@ -52,7 +52,7 @@ def read_pretrained(pretrained_dir, required, random_init):
         FlagError: naming `--pretrained_dir`, when a file is missing.
     """
     if not tf.io.gfile.isdir(pretrained_dir):
-        _flag_error("pretrained_dir", f"{pretrained_dir} is not a directory.")
+        flag_error("pretrained_dir", f"{pretrained_dir} is not a directory.")
     needed = [artifacts.CONFIG_FILE] + ([] if random_init else [required])
     missing = [
         name
@@ -60,7 +60,7 @@ def read_pretrained(pretrained_dir, required, random_init):
         if not tf.io.gfile.exists(os.path.join(pretrained_dir, name))
     ]
     if missing:
-        _flag_error(
+        flag_error(
             "pretrained_dir",
             f"{pretrained_dir} has no {' or '.join(missing)}; point it at "
             "the model_dir of a finished `cpc_tf.pretrain` run.",
@@ -84,7 +84,7 @@ def _copy_weights(model, pretrained_dir, name):
     try:
         model.set_weights(saved.get_weights())
     except ValueError as error:
-        _flag_error(
+        flag_error(
             "pretrained_dir",
             f"{path} does not match the architecture of its config.json: "
             f"{error}",
