@@ -21,13 +21,14 @@ test set and whether pretraining saw it, the readout) and `report.png`
 k-NN monitor during pretraining).
 """
 
+import fnmatch
 import os
 import time
 
 import tensorflow as tf
 from absl import app, flags, logging
 
-from cpc_tf import artifacts, reporting, runtime
+from cpc_tf import archive, artifacts, machine, reporting, runtime
 from cpc_tf import flags as cpc_flags
 from cpc_tf import stages as stage_runner
 from cpc_tf.config import (
@@ -53,6 +54,8 @@ def run_report(
     in_process=True,
     methods=None,
     workers=1,
+    only=None,
+    archive_dir=None,
 ):
     """Runs (or resumes) every stage and writes the report files.
 
@@ -61,28 +64,43 @@ def run_report(
     its own (isolation for large models); `workers > 1` runs the
     evaluation stages, after pretraining, that many processes at a time
     (`stages.run_side_by_side`; stage seconds then overlap), pretraining
-    among them when some stage does not need it. Returns
-    `(report dict, markdown)`.
+    among them when some stage does not need it. `only` (shell patterns
+    of stage names, e.g. `["finetune_1pct_*"]`) runs just those stages;
+    the report still shows every finished one. With `archive_dir` the
+    report first restores what that archive holds and saves its record
+    there after every stage (`archive`), so a report too long for one
+    machine continues on another. Returns `(report dict, markdown)`.
     """
-    tf.io.gfile.makedirs(report_dir)
-    with tf.io.gfile.GFile(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
-        f.write("\n".join(reporting.config_flag_lines(config)) + "\n")
     stages = reporting.plan(
         config, report_dir, fractions, flagfiles, overrides, seeds, methods
     )
+    _check_patterns(only, stages)
+    if archive_dir:
+        archive.restore(archive_dir, report_dir)
     start = time.perf_counter()
-    # Stage times accumulate over invocations (a resumed report keeps them).
+    # Stage times and machines accumulate over invocations (a resumed
+    # report keeps them).
     previous = os.path.join(report_dir, "report.json")
-    timings = (
-        artifacts.read_json(previous).get("stage_seconds", {})
-        if tf.io.gfile.exists(previous)
-        else {}
+    previous = (
+        artifacts.read_json(previous) if tf.io.gfile.exists(previous) else {}
     )
+    timings = previous.get("stage_seconds", {})
+    machines = previous.get("stage_machines", {})
+    this_machine = machine.cpu_model()
 
     def write_outputs():
-        return _write_outputs(
-            config, report_dir, fractions, stages, timings, start, seeds
+        outputs = _write_outputs(
+            config,
+            report_dir,
+            fractions,
+            stages,
+            dict(stage_seconds=timings, stage_machines=machines),
+            start,
+            seeds,
         )
+        if archive_dir:
+            archive.save(report_dir, archive_dir)
+        return outputs
 
     index = {stage.name: i for i, stage in enumerate(stages, 1)}
 
@@ -96,6 +114,7 @@ def run_report(
 
     def finished(stage, seconds):
         timings[stage.name] = seconds
+        machines[stage.name] = this_machine
         if verbose:
             print(f"{prefix(stage)}: finished in {seconds:.0f} s", flush=True)
         write_outputs()
@@ -106,12 +125,23 @@ def run_report(
     to_run = []
     for stage in stages:
         done = reporting.stage_done(stage)
-        if done or not run_stages:
+        selected = only is None or any(
+            fnmatch.fnmatchcase(stage.name, pattern) for pattern in only
+        )
+        if done or not run_stages or not selected:
             if verbose:
-                state = "done earlier" if done else "not run"
+                state = (
+                    "done earlier"
+                    if done
+                    else ("not run" if not run_stages else "not selected")
+                )
                 print(f"{prefix(stage)}: {state}, skipped", flush=True)
         else:
             to_run.append(stage)
+    _check_needs(to_run, stages)
+    tf.io.gfile.makedirs(report_dir)
+    with tf.io.gfile.GFile(os.path.join(report_dir, "pretrain.cfg"), "w") as f:
+        f.write("\n".join(reporting.config_flag_lines(config)) + "\n")
     # Pretraining comes first: the other stages read it. With workers it
     # runs among them when some stage does not need it.
     beside = any(
@@ -152,10 +182,40 @@ def run_report(
     return write_outputs()
 
 
+def _check_patterns(only, stages):
+    """Fails when an `--only` pattern matches no stage (a typo)."""
+    names = [stage.name for stage in stages]
+    for pattern in only or ():
+        if not fnmatch.filter(names, pattern):
+            raise FlagError(
+                f"--only: {pattern} matches no stage; stages are named "
+                f"like {names[0]}, {names[-1]}."
+            )
+
+
+def _check_needs(to_run, stages):
+    """Fails before any compute when a stage to run needs one that has
+    neither finished nor been selected (`--only`)."""
+    names = {stage.name for stage in to_run}
+    finished = {stage.name for stage in stages if reporting.stage_done(stage)}
+    for stage in to_run:
+        missing = set(reporting.stage_needs(stage)) - names - finished
+        if missing:
+            raise FlagError(
+                f"--only: {stage.name} needs {', '.join(sorted(missing))}, "
+                "which has not finished; select it too."
+            )
+
+
 def _write_outputs(
-    config, report_dir, fractions, stages, timings, start, seeds
+    config, report_dir, fractions, stages, stage_log, start, seeds
 ):
-    """Writes report.json/.md/.png (and knn.png) from the finished stages."""
+    """Writes report.json/.md/.png (and knn.png) from the finished stages.
+
+    `stage_log` holds `stage_seconds` and `stage_machines` (name -> the
+    CPU model each stage ran on).
+    """
+    timings = stage_log["stage_seconds"]
     records = reporting.collect(stages)
     cells = reporting.aggregate(records)
     readout = reporting.readout(cells, fractions)
@@ -189,6 +249,7 @@ def _write_outputs(
         ),
         stage_seconds=timings,
         stage_seconds_total=sum(timings.values()),
+        stage_machines=stage_log["stage_machines"],
         seconds_this_invocation=time.perf_counter() - start,
     )
     artifacts.write_json(os.path.join(report_dir, "report.json"), report)
@@ -231,6 +292,19 @@ def define_flags():
         "methods",
         list(reporting.METHODS),
         "[report] Methods to run: " + ", ".join(reporting.METHODS) + ".",
+    )
+    flags.DEFINE_list(
+        "only",
+        None,
+        "[report] Run only the stages whose names match these shell "
+        "patterns (e.g. finetune_1pct_*,pretrain); default: all.",
+    )
+    flags.DEFINE_string(
+        "archive_dir",
+        None,
+        "[report] Restore the report's record from here first and save "
+        "it here after every stage (finished stages' results, "
+        "pretraining's encoder; no checkpoints), to continue elsewhere.",
     )
     flags.DEFINE_bool(
         "run_stages",
@@ -320,6 +394,8 @@ def main(argv):
         in_process=not flag_values.stage_processes,
         methods=flag_values.methods,
         workers=flag_values.stage_workers,
+        only=flag_values.only,
+        archive_dir=flag_values.archive_dir,
     )
     print(text)
 

@@ -9,7 +9,8 @@ import pytest
 from absl import flags
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import reporting, supervised
+from cpc_tf import report, reporting, supervised
+from cpc_tf.config import FlagError
 
 
 def test_config_round_trips_through_flag_lines(tmp_path):
@@ -158,42 +159,82 @@ def _tiny_report(report_dir, *extra):
 
 
 @pytest.mark.slow
-def test_report_end_to_end_and_resume(tmp_path):
-    command = _tiny_report(
-        tmp_path,
-        "--stage_workers=1",  # in this process, one at a time
-        "--knn_every=3",
-        "--knn_memory=200",
-        "--knn_queries=100",
-        "--fractions=100",
-        "--finetune_args=phase1_steps=2,phase2_steps=2,batch_size=8,"
-        "eval_batch_size=500",
-        "--supervised_args=steps=3,batch_size=8,eval_batch_size=500",
-    )
+def test_report_end_to_end_resumes_elsewhere_from_its_archive(tmp_path):
+    archive = tmp_path / "archive"
+
+    def command(report_dir, *extra):
+        return _tiny_report(
+            report_dir,
+            "--stage_workers=1",  # in this process, one at a time
+            "--knn_every=3",
+            "--knn_memory=200",
+            "--knn_queries=100",
+            "--fractions=100",
+            "--finetune_args=phase1_steps=2,phase2_steps=2,batch_size=8,"
+            "eval_batch_size=500",
+            "--supervised_args=steps=3,batch_size=8,eval_batch_size=500",
+            f"--archive_dir={archive}",
+            *extra,
+        )
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    first = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+
+    def run(*args):
+        process = subprocess.run(
+            command(*args), cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert process.returncode == 0, (
+            process.stdout[-2000:] + process.stderr[-3000:]
+        )
+        return process.stdout
+
     stages = 1 + len(reporting.METHODS)
-    assert f"[{stages}/{stages}] pixels_100pct: finished" in first.stdout
-    data = json.loads((tmp_path / "report.json").read_text())
+    # One machine: pretraining and the probes only.
+    first = run(tmp_path / "here", "--only=pretrain,linear_*")
+    assert "linear_random_100pct: finished" in first
+    assert "supervised_100pct: not selected, skipped" in first
+    partial = json.loads((archive / "report.json").read_text())
+    assert not partial["complete"] and len(partial["stage_seconds"]) == 3
+    assert (archive / "pretrain" / "encoder.keras").exists()
+    assert not (archive / "pretrain" / "checkpoints").exists()
+    assert not (archive / "linear_cpc_100pct" / "classifier.keras").exists()
+    # Another machine, an empty report directory: the archive resumes it.
+    elsewhere = tmp_path / "elsewhere"
+    second = run(elsewhere)
+    assert "pretrain: done earlier, skipped" in second
+    assert "linear_cpc_100pct: done earlier, skipped" in second
+    assert f"[{stages}/{stages}] pixels_100pct: finished" in second
+    data = json.loads((elsewhere / "report.json").read_text())
     assert data["complete"] and data["seeds"] == 1
     assert {c["method"] for c in data["cells"]} == set(reporting.METHODS)
     assert "did not see" in data["test_set"]
     assert data["pretraining"]["knn_top1"][0][0] == 3
-    for name in ("report.png", "knn.png"):
-        assert (tmp_path / name).exists()
-    text = (tmp_path / "report.md").read_text()
-    assert "Readout:" in text and "mnist5k:test, 1000 images" in text
-    second = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("done earlier, skipped") == stages
-    resumed = json.loads((tmp_path / "report.json").read_text())
-    assert resumed["stage_seconds"] == data["stage_seconds"]
+    assert set(data["stage_machines"]) == set(data["stage_seconds"])
     assert len(data["stage_seconds"]) == stages
+    for name in ("report.png", "knn.png"):
+        assert (elsewhere / name).exists()
+    text = (elsewhere / "report.md").read_text()
+    assert "Readout:" in text and "mnist5k:test, 1000 images" in text
+    third = run(elsewhere)
+    assert third.count("done earlier, skipped") == stages
+    resumed = json.loads((elsewhere / "report.json").read_text())
+    assert resumed["stage_seconds"] == data["stage_seconds"]
+    assert json.loads((archive / "report.json").read_text())["complete"]
+
+
+def test_only_fails_on_a_stage_whose_needs_are_not_met(tmp_path):
+    config = parse(f"--flagfile={ROOT}/flags/demo.cfg")
+    flagfiles = {m: f"flags/{m}.cfg" for m in reporting.METHODS}
+    with pytest.raises(FlagError, match="--only: linear_cpc_10pct needs"):
+        report.run_report(
+            config,
+            str(tmp_path / "r"),
+            [10],
+            flagfiles,
+            {},
+            only=["linear_cpc_*"],
+        )
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
@@ -228,7 +269,11 @@ def test_report_runs_stages_side_by_side(tmp_path):
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--methods", "linear_cpc,knn"), ("--stage_workers", "0")],
+    [
+        ("--methods", "linear_cpc,knn"),
+        ("--stage_workers", "0"),
+        ("--only", "finetune_1pct"),
+    ],
 )
 def test_bad_report_flags_fail_in_a_line(tmp_path, flag, value):
     process = subprocess.run(

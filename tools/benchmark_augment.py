@@ -16,14 +16,13 @@ many), which is the most stable statistic on a shared machine.
 
 import argparse
 import os
-import platform
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import tensorflow as tf  # noqa: E402
 
-from cpc_tf import data  # noqa: E402
+from cpc_tf import data, machine  # noqa: E402
 
 CIFAR10 = "tfrecord:/work/shared/data/cifar10/train-*.tfrecord"
 DEMO = dict(image_size=32, crop_size=28, patch_size=8, patch_stride=4)
@@ -94,13 +93,7 @@ def _pipeline_rate(spec, batch_size, batches, repeats):
 
 
 def _machine():
-    model = platform.processor() or "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+    model = machine.cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} CPU cores ({model}), no GPU; "

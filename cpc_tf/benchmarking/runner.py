@@ -10,7 +10,6 @@ precision reads its peak memory alone.
 import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from cpc_tf import artifacts
+from cpc_tf import machine as host
 from cpc_tf.benchmarking import jobs
 from cpc_tf.config import FlagError
 
@@ -152,18 +152,10 @@ def _spawn(job):
 
 def machine():
     """The CPU model, core count, AMX and library versions."""
-    model = platform.processor() or "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        f.seek(0)
-        amx = " amx_bf16" in f.read()
     return dict(
-        cpu=model,
+        cpu=host.cpu_model(),
         cores=os.cpu_count(),
-        amx_bf16=amx,
+        amx_bf16=host.has_amx(),
         tensorflow=tf.__version__,
         keras=keras.__version__,
     )
