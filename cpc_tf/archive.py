@@ -12,12 +12,17 @@ the report from them, and nothing bulky:
       <stage>/     results.json and the stage's other .json/.txt files
                    (its config, the ids of its labelled subset)
 
-Only finished stages are kept (a directory with `results.json`, or
-`summary.json` for pretraining); checkpoints, TensorBoard logs, cached
-features and trained classifiers stay behind. `restore(archive_dir,
-report_dir)` copies back every file `report_dir` lacks, never
-overwriting one. Both go through `tf.io.gfile` (a `gs://` archive
-works).
+Of finished stages (a directory with `results.json`, or `summary.json`
+for pretraining) checkpoints, TensorBoard logs, cached features and
+trained classifiers stay behind. Unfinished stages are skipped unless
+`unfinished=True`: then their resumable state goes too (the newest
+checkpoint of every `checkpoints/`, the best evaluation's `best/`
+weights, `.json`/`.txt`/`.keras` files; no logs), so a stage longer than
+one machine's lease continues elsewhere from its last checkpoint. Once a
+stage finishes, the next `save` prunes that state from the archive.
+`restore(archive_dir, report_dir)` copies back every file `report_dir`
+lacks, never overwriting one. Both go through `tf.io.gfile` (a `gs://`
+archive works).
 """
 
 import os
@@ -31,6 +36,8 @@ REPORT_FILES = ("report.json", "report.md", "report.png", "knn.png")
 CONFIG_SUFFIXES = (".cfg",)
 STAGE_SUFFIXES = (".json", ".txt")
 PRETRAINED_FILES = (artifacts.ENCODER_FILE, artifacts.BACKBONE_FILE)
+UNFINISHED_SUFFIXES = (".json", ".txt", ".keras")
+BEST_DIR = "best"
 
 
 def _files(directory):
@@ -49,17 +56,67 @@ def _finished(stage_dir):
     )
 
 
-def kept_files(report_dir):
-    """Paths, relative to `report_dir`, of the files an archive keeps."""
+def _latest_checkpoint_files(directory):
+    """The state file and the newest checkpoint's files of `directory`."""
+    latest = tf.train.latest_checkpoint(directory)
+    if latest is None:
+        return []
+    prefix = os.path.basename(latest) + "."
+    return [
+        name
+        for name in _files(directory)
+        if name == "checkpoint" or name.startswith(prefix)
+    ]
+
+
+def _resumable_files(stage_dir, relative=""):
+    """Paths, relative to `stage_dir`, of an unfinished stage's state."""
+    kept = []
+    here = os.path.join(stage_dir, relative)
+    for entry in sorted(tf.io.gfile.listdir(here)):
+        name = entry.rstrip("/")
+        path = os.path.join(relative, name)
+        if not tf.io.gfile.isdir(os.path.join(here, name)):
+            in_best = BEST_DIR in relative.split(os.sep)
+            if in_best or name.endswith(UNFINISHED_SUFFIXES):
+                kept.append(path)
+        elif name == artifacts.CHECKPOINT_DIR:
+            kept.extend(
+                os.path.join(path, file)
+                for file in _latest_checkpoint_files(
+                    os.path.join(stage_dir, path)
+                )
+            )
+        elif name != artifacts.LOG_DIR:
+            kept.extend(_resumable_files(stage_dir, path))
+    return kept
+
+
+def _stage_dirs(report_dir):
+    for entry in sorted(tf.io.gfile.listdir(report_dir)):
+        name = entry.rstrip("/")
+        if tf.io.gfile.isdir(os.path.join(report_dir, name)):
+            yield name
+
+
+def kept_files(report_dir, unfinished=False):
+    """Paths, relative to `report_dir`, of the files an archive keeps.
+
+    With `unfinished`, unfinished stages' resumable state too.
+    """
     kept = [
         name
         for name in _files(report_dir)
         if name in REPORT_FILES or name.endswith(CONFIG_SUFFIXES)
     ]
-    for entry in sorted(tf.io.gfile.listdir(report_dir)):
-        name = entry.rstrip("/")
+    for name in _stage_dirs(report_dir):
         stage_dir = os.path.join(report_dir, name)
-        if not tf.io.gfile.isdir(stage_dir) or not _finished(stage_dir):
+        if not _finished(stage_dir):
+            if unfinished:
+                kept.extend(
+                    os.path.join(name, path)
+                    for path in _resumable_files(stage_dir)
+                )
             continue
         kept.extend(
             os.path.join(name, file)
@@ -75,14 +132,38 @@ def _copy(relative, source_dir, target_dir):
     tf.io.gfile.copy(os.path.join(source_dir, relative), target, overwrite=True)
 
 
-def save(report_dir, archive_dir):
-    """Copies `kept_files(report_dir)` into `archive_dir` (overwriting).
+def _walk_files(root):
+    """Paths, relative to `root`, of every file below it."""
+    found = []
+    for directory, _, files in tf.io.gfile.walk(root):
+        for file in files:
+            path = os.path.join(directory, file)
+            found.append(path[len(root) :].lstrip("/"))
+    return found
+
+
+def _prune(archive_dir, kept):
+    """Deletes an archive's files of stages that have since finished (and
+    checkpoints since superseded), which `kept` no longer lists."""
+    kept = set(kept)
+    stages = {path.split("/")[0] for path in kept if "/" in path}
+    for name in stages & set(_stage_dirs(archive_dir)):
+        for path in _walk_files(os.path.join(archive_dir, name)):
+            relative = os.path.join(name, path)
+            if relative not in kept:
+                tf.io.gfile.remove(os.path.join(archive_dir, relative))
+
+
+def save(report_dir, archive_dir, unfinished=False):
+    """Copies `kept_files(report_dir, unfinished)` into `archive_dir`
+    (overwriting) and prunes what the archive no longer needs.
 
     Returns the relative paths copied.
     """
-    kept = kept_files(report_dir)
+    kept = kept_files(report_dir, unfinished)
     for relative in kept:
         _copy(relative, report_dir, archive_dir)
+    _prune(archive_dir, kept)
     return kept
 
 
@@ -95,11 +176,8 @@ def restore(archive_dir, report_dir):
     if not tf.io.gfile.isdir(archive_dir):
         return []
     copied = []
-    for directory, _, files in tf.io.gfile.walk(archive_dir):
-        for file in files:
-            path = os.path.join(directory, file)
-            relative = path[len(archive_dir) :].lstrip("/")
-            if not tf.io.gfile.exists(os.path.join(report_dir, relative)):
-                _copy(relative, archive_dir, report_dir)
-                copied.append(relative)
+    for relative in _walk_files(archive_dir):
+        if not tf.io.gfile.exists(os.path.join(report_dir, relative)):
+            _copy(relative, archive_dir, report_dir)
+            copied.append(relative)
     return sorted(copied)

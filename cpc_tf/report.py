@@ -56,6 +56,7 @@ def run_report(
     workers=1,
     only=None,
     archive_dir=None,
+    archive_unfinished=False,
 ):
     """Runs (or resumes) every stage and writes the report files.
 
@@ -69,7 +70,9 @@ def run_report(
     the report still shows every finished one. With `archive_dir` the
     report first restores what that archive holds and saves its record
     there after every stage (`archive`), so a report too long for one
-    machine continues on another. Returns `(report dict, markdown)`.
+    machine continues on another; `archive_unfinished` saves unfinished
+    stages' newest checkpoints too (with `run_stages=False`: a snapshot
+    of a report still running). Returns `(report dict, markdown)`.
     """
     stages = reporting.plan(
         config, report_dir, fractions, flagfiles, overrides, seeds, methods
@@ -99,7 +102,7 @@ def run_report(
             seeds,
         )
         if archive_dir:
-            archive.save(report_dir, archive_dir)
+            archive.save(report_dir, archive_dir, archive_unfinished)
         return outputs
 
     index = {stage.name: i for i, stage in enumerate(stages, 1)}
@@ -307,6 +310,13 @@ def define_flags():
         "pretraining's encoder; no checkpoints), to continue elsewhere.",
     )
     flags.DEFINE_bool(
+        "archive_unfinished",
+        False,
+        "[report] With --archive_dir, also save unfinished stages' newest "
+        "checkpoint and best weights, so they resume elsewhere (with "
+        "--run_stages=false: snapshot a report that is still running).",
+    )
+    flags.DEFINE_bool(
         "run_stages",
         True,
         "[report] false: only write the report of the finished stages.",
@@ -354,6 +364,8 @@ def main(argv):
         )
     if flag_values.seeds < 1:
         raise FlagError(f"--seeds: must be >= 1, got {flag_values.seeds}.")
+    if flag_values.archive_unfinished and not flag_values.archive_dir:
+        raise FlagError("--archive_unfinished=true: needs --archive_dir.")
     unknown = sorted(set(flag_values.methods) - set(reporting.METHODS))
     if unknown or not flag_values.methods:
         given = f"unknown {', '.join(unknown)}" if unknown else "none given"
@@ -396,6 +408,7 @@ def main(argv):
         workers=flag_values.stage_workers,
         only=flag_values.only,
         archive_dir=flag_values.archive_dir,
+        archive_unfinished=flag_values.archive_unfinished,
     )
     print(text)
 

@@ -1,5 +1,9 @@
 """A report's archive: what it keeps, and a restore that never overwrites."""
 
+import os
+
+import tensorflow as tf
+
 from cpc_tf import archive
 
 
@@ -71,3 +75,81 @@ def test_save_then_restore_elsewhere_never_overwrites(tmp_path):
 
 def test_restore_from_an_archive_not_yet_written(tmp_path):
     assert archive.restore(str(tmp_path / "none"), str(tmp_path / "r")) == []
+
+
+def _checkpoints(directory, count):
+    """`count` real CheckpointManager checkpoints of one variable."""
+    step = tf.Variable(0)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(step=step), str(directory), max_to_keep=5
+    )
+    for value in range(1, count + 1):
+        step.assign(value)
+        manager.save()
+    return step
+
+
+def test_unfinished_stages_keep_their_newest_checkpoint_only(tmp_path):
+    report_dir = _report_dir(tmp_path / "report")
+    stage = report_dir / "supervised_100pct"
+    _checkpoints(stage / "checkpoints", 3)
+    _checkpoints(stage / "phase1" / "checkpoints", 2)
+    _write(stage, "best/weights.index")
+    _write(stage, "best/weights.data-00000-of-00001")
+    _write(stage, "config.json")
+    _write(stage, "logs/events.out")
+    _write(stage, "features.npz")
+    assert "supervised_100pct/config.json" not in archive.kept_files(
+        str(report_dir)
+    )
+    kept = [
+        path
+        for path in archive.kept_files(str(report_dir), unfinished=True)
+        if path.startswith("supervised_100pct/")
+    ]
+    assert sorted(kept) == [
+        "supervised_100pct/best/weights.data-00000-of-00001",
+        "supervised_100pct/best/weights.index",
+        "supervised_100pct/checkpoints/checkpoint",
+        "supervised_100pct/checkpoints/ckpt-3.data-00000-of-00001",
+        "supervised_100pct/checkpoints/ckpt-3.index",
+        "supervised_100pct/config.json",
+        "supervised_100pct/phase1/checkpoints/checkpoint",
+        "supervised_100pct/phase1/checkpoints/ckpt-2.data-00000-of-00001",
+        "supervised_100pct/phase1/checkpoints/ckpt-2.index",
+    ]
+
+
+def test_an_archived_checkpoint_resumes_elsewhere_then_is_pruned(tmp_path):
+    report_dir = _report_dir(tmp_path / "report")
+    stage = report_dir / "supervised_100pct"
+    _checkpoints(stage / "checkpoints", 2)
+    archive_dir = tmp_path / "archive"
+    archive.save(str(report_dir), str(archive_dir), unfinished=True)
+    # Elsewhere the newest checkpoint restores (relative paths).
+    elsewhere = tmp_path / "elsewhere"
+    archive.restore(str(archive_dir), str(elsewhere))
+    step = tf.Variable(0)
+    latest = tf.train.latest_checkpoint(
+        str(elsewhere / "supervised_100pct" / "checkpoints")
+    )
+    tf.train.Checkpoint(step=step).restore(latest).assert_consumed()
+    assert int(step.numpy()) == 2
+    # A newer checkpoint supersedes the archived one.
+    _checkpoints(stage / "checkpoints", 3)
+    archive.save(str(report_dir), str(archive_dir), unfinished=True)
+    names = os.listdir(archive_dir / "supervised_100pct" / "checkpoints")
+    assert sorted(names) == [
+        "checkpoint",
+        "ckpt-3.data-00000-of-00001",
+        "ckpt-3.index",
+    ]
+    # Once the stage finishes, its checkpoints leave the archive.
+    _write(stage, "results.json")
+    archive.save(str(report_dir), str(archive_dir))
+    stage_files = [
+        os.path.relpath(os.path.join(directory, file), archive_dir)
+        for directory, _, files in os.walk(archive_dir / "supervised_100pct")
+        for file in files
+    ]
+    assert stage_files == ["supervised_100pct/results.json"]

@@ -273,6 +273,7 @@ def test_report_runs_stages_side_by_side(tmp_path):
         ("--methods", "linear_cpc,knn"),
         ("--stage_workers", "0"),
         ("--only", "finetune_1pct"),
+        ("--archive_unfinished", "true"),
     ],
 )
 def test_bad_report_flags_fail_in_a_line(tmp_path, flag, value):
