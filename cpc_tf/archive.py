@@ -11,6 +11,12 @@ the report from them, and nothing bulky:
                    ids, encoder.keras, backbone.keras
       <stage>/     results.json and the stage's other .json/.txt files
                    (its config, the ids of its labelled subset)
+      shared_files.json  stage files kept once: {stage file: pretrain file}
+
+Every evaluation stage writes its own copy of the hold-out and validation
+ids, byte for byte those of pretraining; the archive keeps such a copy
+once, under `pretrain/`, and `shared_files.json` says where each stage's
+copy came from, so a restore gives every stage its files back.
 
 Of finished stages (a directory with `results.json`, or `summary.json`
 for pretraining) checkpoints, TensorBoard logs, cached features and
@@ -21,8 +27,8 @@ weights, `.json`/`.txt`/`.keras` files; no logs), so a stage longer than
 one machine's lease continues elsewhere from its last checkpoint. Once a
 stage finishes, the next `save` prunes that state from the archive.
 `restore(archive_dir, report_dir)` copies back every file `report_dir`
-lacks, never overwriting one. Both go through `tf.io.gfile` (a `gs://`
-archive works).
+lacks (the shared copies included), never overwriting one. Both go
+through `tf.io.gfile` (a `gs://` archive works).
 """
 
 import os
@@ -38,6 +44,8 @@ STAGE_SUFFIXES = (".json", ".txt")
 PRETRAINED_FILES = (artifacts.ENCODER_FILE, artifacts.BACKBONE_FILE)
 UNFINISHED_SUFFIXES = (".json", ".txt", ".keras")
 BEST_DIR = "best"
+PRETRAIN_DIR = "pretrain"
+SHARED_FILE = "shared_files.json"
 
 
 def _files(directory):
@@ -99,16 +107,46 @@ def _stage_dirs(report_dir):
             yield name
 
 
+def _same_bytes(path, other):
+    if not tf.io.gfile.exists(other):
+        return False
+    with tf.io.gfile.GFile(path, "rb") as file:
+        content = file.read()
+    with tf.io.gfile.GFile(other, "rb") as file:
+        return content == file.read()
+
+
+def shared_files(report_dir):
+    """`{stage file: pretrain file}`, relative to `report_dir`: the
+    finished stages' id files identical to pretraining's copy, which an
+    archive keeps once."""
+    shared = {}
+    for name in _stage_dirs(report_dir):
+        stage_dir = os.path.join(report_dir, name)
+        if name == PRETRAIN_DIR or not _finished(stage_dir):
+            continue
+        for file in _files(stage_dir):
+            source = os.path.join(PRETRAIN_DIR, file)
+            if file.endswith(".txt") and _same_bytes(
+                os.path.join(stage_dir, file),
+                os.path.join(report_dir, source),
+            ):
+                shared[os.path.join(name, file)] = source
+    return shared
+
+
 def kept_files(report_dir, unfinished=False):
     """Paths, relative to `report_dir`, of the files an archive keeps.
 
-    With `unfinished`, unfinished stages' resumable state too.
+    With `unfinished`, unfinished stages' resumable state too; never the
+    `shared_files` (their pretraining copy is kept instead).
     """
     kept = [
         name
         for name in _files(report_dir)
         if name in REPORT_FILES or name.endswith(CONFIG_SUFFIXES)
     ]
+    shared = shared_files(report_dir)
     for name in _stage_dirs(report_dir):
         stage_dir = os.path.join(report_dir, name)
         if not _finished(stage_dir):
@@ -121,7 +159,8 @@ def kept_files(report_dir, unfinished=False):
         kept.extend(
             os.path.join(name, file)
             for file in _files(stage_dir)
-            if file.endswith(STAGE_SUFFIXES) or file in PRETRAINED_FILES
+            if (file.endswith(STAGE_SUFFIXES) or file in PRETRAINED_FILES)
+            and os.path.join(name, file) not in shared
         )
     return sorted(kept)
 
@@ -156,28 +195,47 @@ def _prune(archive_dir, kept):
 
 def save(report_dir, archive_dir, unfinished=False):
     """Copies `kept_files(report_dir, unfinished)` into `archive_dir`
-    (overwriting) and prunes what the archive no longer needs.
+    (overwriting), records the `shared_files` in `shared_files.json` and
+    prunes what the archive no longer needs.
 
     Returns the relative paths copied.
     """
     kept = kept_files(report_dir, unfinished)
     for relative in kept:
         _copy(relative, report_dir, archive_dir)
+    tf.io.gfile.makedirs(archive_dir)
+    artifacts.write_json(
+        os.path.join(archive_dir, SHARED_FILE), shared_files(report_dir)
+    )
     _prune(archive_dir, kept)
     return kept
 
 
 def restore(archive_dir, report_dir):
-    """Copies the archive's files that `report_dir` lacks into it.
+    """Copies the archive's files that `report_dir` lacks into it, and
+    each stage's shared copy from its pretraining file.
 
-    Returns the relative paths copied; an archive that does not exist
-    yet restores nothing.
+    Returns the relative paths copied (`shared_files.json` itself stays
+    in the archive); an archive that does not exist yet restores
+    nothing.
     """
     if not tf.io.gfile.isdir(archive_dir):
         return []
     copied = []
     for relative in _walk_files(archive_dir):
+        if relative == SHARED_FILE:
+            continue
         if not tf.io.gfile.exists(os.path.join(report_dir, relative)):
             _copy(relative, archive_dir, report_dir)
             copied.append(relative)
+    manifest = os.path.join(archive_dir, SHARED_FILE)
+    shared = (
+        artifacts.read_json(manifest) if tf.io.gfile.exists(manifest) else {}
+    )
+    for target, source in sorted(shared.items()):
+        path = os.path.join(report_dir, target)
+        if not tf.io.gfile.exists(path):
+            tf.io.gfile.makedirs(os.path.dirname(path))
+            tf.io.gfile.copy(os.path.join(archive_dir, source), path)
+            copied.append(target)
     return sorted(copied)

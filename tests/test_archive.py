@@ -153,3 +153,30 @@ def test_an_archived_checkpoint_resumes_elsewhere_then_is_pruned(tmp_path):
         for file in files
     ]
     assert stage_files == ["supervised_100pct/results.json"]
+
+
+def test_id_files_identical_to_pretraining_are_kept_once(tmp_path):
+    report_dir = _report_dir(tmp_path / "report")
+    _write(report_dir, "pretrain/holdout_50_seed0.txt", "1\n2\n")
+    _write(report_dir, "linear_cpc_10pct/holdout_50_seed0.txt", "1\n2\n")
+    # Same name, other ids: not a copy, so kept as it is.
+    _write(report_dir, "linear_cpc_10pct/validation_9_seed0.txt", "3\n")
+    _write(report_dir, "pretrain/validation_9_seed0.txt", "4\n")
+    archive_dir = tmp_path / "archive"
+    # An earlier archive held the stage's own copy: it is pruned.
+    _write(archive_dir, "linear_cpc_10pct/holdout_50_seed0.txt", "1\n2\n")
+    saved = archive.save(str(report_dir), str(archive_dir))
+    assert "linear_cpc_10pct/holdout_50_seed0.txt" not in saved
+    assert "linear_cpc_10pct/validation_9_seed0.txt" in saved
+    assert not (archive_dir / "linear_cpc_10pct/holdout_50_seed0.txt").exists()
+    elsewhere = tmp_path / "elsewhere"
+    restored = archive.restore(str(archive_dir), str(elsewhere))
+    assert "linear_cpc_10pct/holdout_50_seed0.txt" in restored
+    assert archive.SHARED_FILE not in restored
+    assert (
+        elsewhere / "linear_cpc_10pct/holdout_50_seed0.txt"
+    ).read_text() == "1\n2\n"
+    assert (
+        elsewhere / "linear_cpc_10pct/validation_9_seed0.txt"
+    ).read_text() == "3\n"
+    assert archive.restore(str(archive_dir), str(elsewhere)) == []
