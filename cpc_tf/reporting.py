@@ -326,7 +326,13 @@ def test_set_statement(records, pretrain_summary):
         return "Test set: not known yet."
     source = named[0]["source"]
     examples = named[0]["examples"]
-    flags = {r.get("test_excluded_from_pretraining") for r in records}
+    # Only the stages that read the pretrained encoder can have seen it;
+    # the supervised network never does and records no answer.
+    flags = {
+        r.get("test_excluded_from_pretraining")
+        for r in records
+        if r.get("method", CPC_METHODS[0]) in CPC_METHODS
+    }
     if flags == {True}:
         holdout = (pretrain_summary or {}).get("holdout")
         if "hold-out" in source and holdout:

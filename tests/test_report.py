@@ -138,6 +138,16 @@ def test_statement_names_the_test_set_and_the_hold_out():
     good = [dict(test_set=test_set, test_excluded_from_pretraining=True)]
     text = reporting.test_set_statement(good, summary)
     assert "5000 images" in text and "did not see" in text
+    supervised = dict(
+        method="supervised",
+        test_set=test_set,
+        test_excluded_from_pretraining=None,
+    )
+    text = reporting.test_set_statement(good + [supervised], summary)
+    assert "did not see" in text
+    unknown = dict(supervised, method="finetune")
+    text = reporting.test_set_statement(good + [unknown], summary)
+    assert "not recorded" in text
     bad = [dict(test_set=test_set, test_excluded_from_pretraining=False)]
     assert "WARNING" in reporting.test_set_statement(bad, summary)
 
