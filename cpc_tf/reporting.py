@@ -357,7 +357,7 @@ def plot(cells, fractions, path, title):
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(6.5, 4.2))
+    figure, axes = pyplot.subplots(figsize=(8.5, 4.2))
     for method, label in METHODS.items():
         points = sorted(
             (fraction, cell["mean"], cell["std"])
@@ -374,7 +374,7 @@ def plot(cells, fractions, path, title):
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     if cells:
-        axes.legend(fontsize=8)
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     pyplot.close(figure)
