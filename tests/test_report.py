@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import report, reporting, supervised
+from cpc_tf import reporting, supervised
 from cpc_tf.config import FlagError
 
 
@@ -236,7 +236,7 @@ def test_only_fails_on_a_stage_whose_needs_are_not_met(tmp_path):
     config = parse(f"--flagfile={ROOT}/flags/demo.cfg")
     flagfiles = {m: f"flags/{m}.cfg" for m in reporting.METHODS}
     with pytest.raises(FlagError, match="--only: linear_cpc_10pct needs"):
-        report.run_report(
+        reporting.run_report(
             config,
             str(tmp_path / "r"),
             [10],
