@@ -11,12 +11,14 @@ the report from them, and nothing bulky:
                    ids, encoder.keras, backbone.keras
       <stage>/     results.json and the stage's other .json/.txt files
                    (its config, the ids of its labelled subset)
-      shared_files.json  stage files kept once: {stage file: pretrain file}
+      shared_files.json  stage files kept once: {stage file: kept copy}
 
 Every evaluation stage writes its own copy of the hold-out and validation
-ids, byte for byte those of pretraining; the archive keeps such a copy
-once, under `pretrain/`, and `shared_files.json` says where each stage's
-copy came from, so a restore gives every stage its files back.
+ids, byte for byte those of pretraining, and every method of one seed and
+label fraction the same labelled subset; the archive keeps each such file
+once (pretraining's copy, or the first finished stage's), and
+`shared_files.json` says where each stage's copy came from, so a restore
+gives every stage its files back.
 
 Of finished stages (a directory with `results.json`, or `summary.json`
 for pretraining) checkpoints, TensorBoard logs, cached features and
@@ -107,31 +109,37 @@ def _stage_dirs(report_dir):
             yield name
 
 
-def _same_bytes(path, other):
-    if not tf.io.gfile.exists(other):
-        return False
+def _read_bytes(path):
     with tf.io.gfile.GFile(path, "rb") as file:
-        content = file.read()
-    with tf.io.gfile.GFile(other, "rb") as file:
-        return content == file.read()
+        return file.read()
 
 
 def shared_files(report_dir):
-    """`{stage file: pretrain file}`, relative to `report_dir`: the
-    finished stages' id files identical to pretraining's copy, which an
-    archive keeps once."""
+    """`{stage file: kept file}`, relative to `report_dir`: the finished
+    stages' id files identical to another kept copy, which an archive
+    keeps once. The kept copy is pretraining's when it has one of that
+    name and content, else the first finished stage's (in name order)."""
+    kept = {}
+    pretrain_dir = os.path.join(report_dir, PRETRAIN_DIR)
+    if tf.io.gfile.isdir(pretrain_dir):
+        for file in _files(pretrain_dir):
+            if file.endswith(".txt"):
+                content = _read_bytes(os.path.join(pretrain_dir, file))
+                kept[file, content] = os.path.join(PRETRAIN_DIR, file)
     shared = {}
     for name in _stage_dirs(report_dir):
         stage_dir = os.path.join(report_dir, name)
         if name == PRETRAIN_DIR or not _finished(stage_dir):
             continue
-        for file in _files(stage_dir):
-            source = os.path.join(PRETRAIN_DIR, file)
-            if file.endswith(".txt") and _same_bytes(
-                os.path.join(stage_dir, file),
-                os.path.join(report_dir, source),
-            ):
-                shared[os.path.join(name, file)] = source
+        for file in sorted(_files(stage_dir)):
+            if not file.endswith(".txt"):
+                continue
+            key = file, _read_bytes(os.path.join(stage_dir, file))
+            relative = os.path.join(name, file)
+            if key in kept:
+                shared[relative] = kept[key]
+            else:
+                kept[key] = relative
     return shared
 
 
@@ -139,7 +147,7 @@ def kept_files(report_dir, unfinished=False):
     """Paths, relative to `report_dir`, of the files an archive keeps.
 
     With `unfinished`, unfinished stages' resumable state too; never the
-    `shared_files` (their pretraining copy is kept instead).
+    `shared_files` (their kept copy stands for them).
     """
     kept = [
         name
@@ -213,7 +221,7 @@ def save(report_dir, archive_dir, unfinished=False):
 
 def restore(archive_dir, report_dir):
     """Copies the archive's files that `report_dir` lacks into it, and
-    each stage's shared copy from its pretraining file.
+    each stage's shared copy from the file kept for it.
 
     Returns the relative paths copied (`shared_files.json` itself stays
     in the archive); an archive that does not exist yet restores

@@ -180,3 +180,27 @@ def test_id_files_identical_to_pretraining_are_kept_once(tmp_path):
         elsewhere / "linear_cpc_10pct/validation_9_seed0.txt"
     ).read_text() == "3\n"
     assert archive.restore(str(archive_dir), str(elsewhere)) == []
+
+
+def test_a_labelled_subset_shared_by_stages_is_kept_once(tmp_path):
+    report_dir = _report_dir(tmp_path / "report")
+    _write(report_dir, "linear_cpc_10pct/labelled_10pct_seed0.txt", "5\n6\n")
+    _write(report_dir, "pixels_10pct/results.json")
+    _write(report_dir, "pixels_10pct/labelled_10pct_seed0.txt", "5\n6\n")
+    # Unfinished stages keep their own copy.
+    _write(report_dir, "finetune_10pct/labelled_10pct_seed0.txt", "5\n6\n")
+    archive_dir = tmp_path / "archive"
+    saved = archive.save(str(report_dir), str(archive_dir), unfinished=True)
+    assert "linear_cpc_10pct/labelled_10pct_seed0.txt" in saved
+    assert "pixels_10pct/labelled_10pct_seed0.txt" not in saved
+    assert "finetune_10pct/labelled_10pct_seed0.txt" in saved
+    assert archive.shared_files(str(report_dir)) == {
+        "pixels_10pct/labelled_10pct_seed0.txt": (
+            "linear_cpc_10pct/labelled_10pct_seed0.txt"
+        )
+    }
+    elsewhere = tmp_path / "elsewhere"
+    archive.restore(str(archive_dir), str(elsewhere))
+    assert (
+        elsewhere / "pixels_10pct/labelled_10pct_seed0.txt"
+    ).read_text() == "5\n6\n"
