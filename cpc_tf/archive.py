@@ -117,19 +117,14 @@ def _read_bytes(path):
 def shared_files(report_dir):
     """`{stage file: kept file}`, relative to `report_dir`: the finished
     stages' id files identical to another kept copy, which an archive
-    keeps once. The kept copy is pretraining's when it has one of that
-    name and content, else the first finished stage's (in name order)."""
-    kept = {}
-    pretrain_dir = os.path.join(report_dir, PRETRAIN_DIR)
-    if tf.io.gfile.isdir(pretrain_dir):
-        for file in _files(pretrain_dir):
-            if file.endswith(".txt"):
-                content = _read_bytes(os.path.join(pretrain_dir, file))
-                kept[file, content] = os.path.join(PRETRAIN_DIR, file)
-    shared = {}
-    for name in _stage_dirs(report_dir):
+    keeps once. The kept copy is finished pretraining's when it has one
+    of that name and content, else the first finished stage's (in name
+    order): an unfinished stage's files may not be archived."""
+    names = sorted(_stage_dirs(report_dir), key=lambda n: n != PRETRAIN_DIR)
+    kept, shared = {}, {}
+    for name in names:
         stage_dir = os.path.join(report_dir, name)
-        if name == PRETRAIN_DIR or not _finished(stage_dir):
+        if not _finished(stage_dir):
             continue
         for file in sorted(_files(stage_dir)):
             if not file.endswith(".txt"):
@@ -143,18 +138,20 @@ def shared_files(report_dir):
     return shared
 
 
-def kept_files(report_dir, unfinished=False):
+def kept_files(report_dir, unfinished=False, shared=None):
     """Paths, relative to `report_dir`, of the files an archive keeps.
 
     With `unfinished`, unfinished stages' resumable state too; never the
-    `shared_files` (their kept copy stands for them).
+    `shared` files (default `shared_files(report_dir)`), whose kept copy
+    stands for them.
     """
     kept = [
         name
         for name in _files(report_dir)
         if name in REPORT_FILES or name.endswith(CONFIG_SUFFIXES)
     ]
-    shared = shared_files(report_dir)
+    if shared is None:
+        shared = shared_files(report_dir)
     for name in _stage_dirs(report_dir):
         stage_dir = os.path.join(report_dir, name)
         if not _finished(stage_dir):
@@ -208,13 +205,12 @@ def save(report_dir, archive_dir, unfinished=False):
 
     Returns the relative paths copied.
     """
-    kept = kept_files(report_dir, unfinished)
+    shared = shared_files(report_dir)
+    kept = kept_files(report_dir, unfinished, shared)
     for relative in kept:
         _copy(relative, report_dir, archive_dir)
     tf.io.gfile.makedirs(archive_dir)
-    artifacts.write_json(
-        os.path.join(archive_dir, SHARED_FILE), shared_files(report_dir)
-    )
+    artifacts.write_json(os.path.join(archive_dir, SHARED_FILE), shared)
     _prune(archive_dir, kept)
     return kept
 

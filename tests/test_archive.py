@@ -204,3 +204,20 @@ def test_a_labelled_subset_shared_by_stages_is_kept_once(tmp_path):
     assert (
         elsewhere / "pixels_10pct/labelled_10pct_seed0.txt"
     ).read_text() == "5\n6\n"
+
+
+def test_stages_finished_before_pretraining_keep_their_id_files(tmp_path):
+    report_dir = _report_dir(tmp_path / "report")
+    (report_dir / "pretrain/summary.json").unlink()
+    _write(report_dir, "pretrain/holdout_50_seed0.txt", "1\n2\n")
+    _write(report_dir, "supervised_10pct/results.json")
+    _write(report_dir, "supervised_10pct/holdout_50_seed0.txt", "1\n2\n")
+    archive_dir = tmp_path / "archive"
+    saved = archive.save(str(report_dir), str(archive_dir))
+    assert "supervised_10pct/holdout_50_seed0.txt" in saved
+    assert "pretrain/holdout_50_seed0.txt" not in saved
+    elsewhere = tmp_path / "elsewhere"
+    archive.restore(str(archive_dir), str(elsewhere))
+    assert (
+        elsewhere / "supervised_10pct/holdout_50_seed0.txt"
+    ).read_text() == "1\n2\n"
