@@ -8,8 +8,8 @@ or more optimizers on disjoint variables, Polyak averaging with warm-up
 inside the replicated step, `steps_per_loop` steps per compiled call,
 checkpoints that survive `kill -9`, preemption (SIGTERM to any worker
 stops every worker after the same step, with one checkpoint), a NaN/Inf
-guard that never overwrites a good checkpoint, periodic evaluation hooks,
-TensorBoard summaries and a console progress bar.
+guard that never overwrites a good checkpoint, periodic evaluation hooks
+(`cpc_tf.hooks`), TensorBoard summaries and a console progress bar.
 
 Multi-worker runs write only from the chief: the other workers save their
 (required) checkpoints to a temporary directory beside it and delete it.
@@ -26,6 +26,12 @@ import keras
 import tensorflow as tf
 
 from cpc_tf import artifacts, distribute, preemption
+from cpc_tf.hooks import (  # noqa: F401 (Hook: a trainer public name)
+    Hook,
+    HookRunner,
+    due,
+    stop_requested,
+)
 from cpc_tf.steps import (  # noqa: F401 (the trainer's public names)
     OptimizerGroup,
     PolyakAverage,
@@ -37,24 +43,6 @@ from cpc_tf.steps import (  # noqa: F401 (the trainer's public names)
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/Inf; nothing was saved."""
-
-
-@dataclasses.dataclass
-class Hook:
-    """Runs `fn(step) -> {name: float}` every `every` steps and at the end.
-
-    The values go to TensorBoard, the progress bar and the summary's
-    `history`. `fn` runs in cross-replica context between compiled loops.
-    `stop(step) -> bool`, when given, is asked after `fn` and before the
-    first step: True ends training there (early stopping; one checkpoint
-    is saved, and a resumed run that had stopped stays stopped). It must
-    give every worker the same answer.
-    """
-
-    every: int
-    fn: object
-    at_end: bool = True
-    stop: object = None
 
 
 @dataclasses.dataclass
@@ -83,10 +71,6 @@ def _learning_rates(groups):
             keras.ops.convert_to_numpy(group.optimizer.learning_rate)
         )
     return rates
-
-
-def _stop_requested(hooks, step):
-    return any(hook.stop is not None and hook.stop(step) for hook in hooks)
 
 
 def write_directory(model_dir, strategy):
@@ -252,7 +236,7 @@ class Trainer:
         options = self.options
         start_step = self.restore()
         history = {}
-        if start_step >= options.steps or _stop_requested(hooks, start_step):
+        if start_step >= options.steps or stop_requested(hooks, start_step):
             return self._summary(start_step, start_step, None, None, {}, 0.0)
         with preemption.watching():
             if preemption.requested() and self._num_workers == 1:
@@ -281,7 +265,8 @@ class Trainer:
         wall_start = time.perf_counter()
         # Throughput counts only the loop calls after the first (tracing),
         # not checkpoints, hooks, summaries or the progress bar.
-        step_seconds, timed_steps, hook_seconds = 0.0, 0, 0.0
+        step_seconds, timed_steps = 0.0, 0
+        runner = HookRunner(hooks, options.steps, history, writer)
         step = start_step
         try:
             while step < options.steps:
@@ -312,30 +297,11 @@ class Trainer:
                     first_loss = loss
                 last_loss = loss
                 shown = dict(loss=loss, grad_norm=norm)
-                for hook in hooks:
-                    if self._due(hook.every, step, done) or (
-                        hook.at_end and step == options.steps
-                    ):
-                        hook_start = time.perf_counter()
-                        try:
-                            scores = hook.fn(step)
-                        except preemption.Preempted:
-                            # SIGTERM during a hook: save the steps done.
-                            scores, stopped = {}, True
-                        scores = {k: float(v) for k, v in scores.items()}
-                        hook_seconds += time.perf_counter() - hook_start
-                        for name, value in scores.items():
-                            history.setdefault(name, []).append([step, value])
-                        if hook.stop is not None and hook.stop(step):
-                            stopped = True
-                        shown.update(scores)
-                        if writer is not None:
-                            with writer.as_default(step=step):
-                                for name, value in scores.items():
-                                    tf.summary.scalar(name, value)
+                scores, hook_stop = runner.run(step, done)
+                shown.update(scores)
+                stopped = stopped or hook_stop
                 if writer is not None and (
-                    self._due(options.log_every, step, done)
-                    or step == options.steps
+                    due(options.log_every, step, done) or step == options.steps
                 ):
                     self._log(
                         writer,
@@ -348,7 +314,7 @@ class Trainer:
                 if progress is not None:
                     progress.update(step, list(shown.items()))
                 if (
-                    self._due(options.checkpoint_every, step, done)
+                    due(options.checkpoint_every, step, done)
                     or stopped
                     or step == options.steps
                 ):
@@ -369,17 +335,12 @@ class Trainer:
             self._images_per_second(step_seconds, timed_steps),
         )
         result["history"] = history
-        result["hook_seconds"] = hook_seconds
+        result["hook_seconds"] = runner.seconds
         return result
 
     def _loop_length(self, step):
         remaining = self.options.steps - step
         return min(self.options.steps_per_loop, remaining)
-
-    @staticmethod
-    def _due(every, step, done):
-        """Whether a multiple of `every` lies in (step - done, step]."""
-        return step // every > (step - done) // every
 
     def _remove_worker_directory(self):
         if self.write_dir != self.options.model_dir and tf.io.gfile.exists(
