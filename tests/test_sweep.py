@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 import types
 
 import pytest
@@ -101,3 +102,25 @@ def test_run_trial_reads_pretraining_and_probe(sweep, tmp_path, monkeypatch):
     assert score["knn_history"] == [[7, 0.3]]
     assert score["probe_val_top1"] == 0.45
     assert score["parameters"] == 123
+
+
+def test_sweep_writes_through_gfile(sweep):
+    import tensorflow as tf
+
+    sweep_dir = "ram://sweep_test"
+    score = dict(name="a", flags={}, steps=1, images_per_s=1.0)
+    score.update(knn_top1=0.2, probe_val_top1=0.3)
+    sweep.run_sweep([{"name": "a"}], sweep_dir, lambda trial: score)
+    assert tf.io.gfile.exists(f"{sweep_dir}/a/score.json")
+    with tf.io.gfile.GFile(f"{sweep_dir}/sweep.md") as f:
+        assert "| a | (base) | 1 | 1.0 | 20.0 | 30.0 |" in f.read()
+
+
+def test_run_streams_the_log_and_raises_with_its_tail(sweep, tmp_path):
+    log = str(tmp_path / "ok.log")
+    sweep._run([sys.executable, "-c", "print('hello')"], log)
+    with open(log) as f:
+        assert f.read().splitlines()[1] == "hello"
+    failing = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(RuntimeError, match="boom"):
+        sweep._run(failing, str(tmp_path / "bad.log"))

@@ -146,7 +146,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
-        with open(args.output, "w") as f:
+        with tf.io.gfile.GFile(args.output, "w") as f:
             f.write(text)
 
 

@@ -43,7 +43,7 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from cpc_tf import builders, distribute, trainer  # noqa: E402
+from cpc_tf import builders, distribute, machine, trainer  # noqa: E402
 from cpc_tf import flags as cpc_flags  # noqa: E402
 from cpc_tf.optimizers import make_optimizer  # noqa: E402
 from cpc_tf.tasks import CPCTask  # noqa: E402
@@ -161,11 +161,7 @@ def main(argv):
     del argv
     values = flags.FLAGS
     results = dict(
-        machine=open("/proc/cpuinfo")
-        .read()
-        .split("model name")[1]
-        .split("\n")[0]
-        .strip(" :\t"),
+        machine=machine.cpu_model(),
         python=sys.version.split()[0],
         tensorflow=tf.__version__,
         configs={},
@@ -186,8 +182,8 @@ def main(argv):
             round(row["single_vs_double"], 3),
             flush=True,
         )
-    with open(values.output, "w") as f:
-        json.dump(results, f, indent=2)
+    with tf.io.gfile.GFile(values.output, "w") as f:
+        f.write(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ last top-1 (it queries the `--validation` images) and the probe's
 validation top-1. Trials run in order, one at a time; a finished trial
 (`trial_dir/score.json`) is not run again, so an interrupted sweep
 resumes. After every trial `sweep.json` and `sweep.md` (a table sorted by
-the probe's validation top-1) are rewritten in `--sweep_dir`.
+the probe's validation top-1) are rewritten in `--sweep_dir`. Every file
+goes through `tf.io.gfile`, so `--sweep_dir` may be `gs://...`.
 
 The trials file is a JSON list of `{"name": str, "flags": {flag: value},
 "steps": optional int}`.
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 
+import tensorflow as tf
 from absl import app, flags
 
 
@@ -60,21 +62,40 @@ def _flag_args(values):
     return args
 
 
+def _read_json(path):
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _write(path, text):
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
 def _run(command, log_path):
-    with open(log_path, "w") as log:
+    """Runs `command`, its output streamed to `log_path`; raises on failure
+    with the output's tail."""
+    tail = ""
+    with tf.io.gfile.GFile(log_path, "w") as log:
         log.write(" ".join(command) + "\n")
-        log.flush()
-        process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        with subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                tail = (tail + line)[-2000:]
     if process.returncode:
-        with open(log_path) as log:
-            tail = log.read()[-2000:]
         raise RuntimeError(f"{command[2]} failed ({log_path}):\n{tail}")
 
 
 def run_trial(trial, values):
     """Pretrains and probes one trial; returns its score record."""
     directory = os.path.join(values.sweep_dir, trial["name"])
-    os.makedirs(directory, exist_ok=True)
+    tf.io.gfile.makedirs(directory)
     pretrain_dir = os.path.join(directory, "pretrain")
     steps = trial.get("steps", values.steps)
     start = time.perf_counter()
@@ -107,10 +128,8 @@ def run_trial(trial, values):
         ],
         os.path.join(directory, "probe.log"),
     )
-    with open(os.path.join(pretrain_dir, "summary.json")) as f:
-        summary = json.load(f)
-    with open(os.path.join(probe_dir, "results.json")) as f:
-        probe = json.load(f)
+    summary = _read_json(os.path.join(pretrain_dir, "summary.json"))
+    probe = _read_json(os.path.join(probe_dir, "results.json"))
     return dict(
         name=trial["name"],
         flags=trial.get("flags", {}),
@@ -152,37 +171,35 @@ def run_sweep(trials, sweep_dir, run_one, only=(), base=None):
     interrupted sweep resumes; `only` restricts which trials may run.
     `sweep.json` and `sweep.md` are rewritten after every trial.
     """
-    os.makedirs(sweep_dir, exist_ok=True)
+    tf.io.gfile.makedirs(sweep_dir)
     scores = []
     for trial in trials:
         path = os.path.join(sweep_dir, trial["name"], "score.json")
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             if only and trial["name"] not in only:
                 continue
             print(f"trial {trial['name']}: running ...", flush=True)
             score = run_one(trial)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                json.dump(score, f, indent=2)
-        with open(path) as f:
-            scores.append(json.load(f))
+            tf.io.gfile.makedirs(os.path.dirname(path))
+            _write(path, json.dumps(score, indent=2))
+        scores.append(_read_json(path))
         print(
             f"trial {trial['name']}: probe val "
             f"{100 * scores[-1]['probe_val_top1']:.1f}",
             flush=True,
         )
-        with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-            json.dump(dict(base=base, trials=scores), f, indent=2)
-        with open(os.path.join(sweep_dir, "sweep.md"), "w") as f:
-            f.write(table(scores))
+        _write(
+            os.path.join(sweep_dir, "sweep.json"),
+            json.dumps(dict(base=base, trials=scores), indent=2),
+        )
+        _write(os.path.join(sweep_dir, "sweep.md"), table(scores))
     return scores
 
 
 def main(argv):
     del argv
     values = flags.FLAGS
-    with open(values.trials) as f:
-        trials = json.load(f)
+    trials = _read_json(values.trials)
     scores = run_sweep(
         trials,
         values.sweep_dir,
