@@ -177,8 +177,6 @@ def run(config, strategy=None, test=True, verbose=True):
         split = splits.label_split(
             data, run_config.seed, data.subset_dir or model_dir, write=is_chief
         )
-        batch = options.eval_batch_size or config.run.batch_size
-        validation_fn = evaluation.validation_fn(inputs, data, split, batch)
         phase1 = phase_steps(config, 1, split.num_train)
         phase2 = phase_steps(config, 2, split.num_train)
         if search_record is not None:
@@ -196,7 +194,6 @@ def run(config, strategy=None, test=True, verbose=True):
                 model_dir=os.path.join(model_dir, name),
                 step_offset=step_offset,
                 verbose=verbose,
-                validation_fn=validation_fn,
             )
 
         with strategy.scope():

@@ -70,16 +70,8 @@ def _streamed(strategy, config, encoder, num_classes, split, verbose):
     task = evaluation.ClassifierTask(
         model, encoder, head, optimizer, l2=l2_strength(config.optim)
     )
-    batch = config.options.eval_batch_size or run_config.batch_size
     loop, summary, selection = evaluation.train(
-        strategy,
-        task,
-        config,
-        steps,
-        inputs,
-        split,
-        verbose=verbose,
-        validation_fn=evaluation.validation_fn(inputs, data, split, batch),
+        strategy, task, config, steps, inputs, split, verbose=verbose
     )
     return loop, summary, selection, model, inputs
 

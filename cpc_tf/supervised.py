@@ -121,16 +121,8 @@ def run(config, strategy=None, test=True, verbose=True):
             train_encoder=True,
             l2=l2_strength(config.optim),
         )
-        batch = config.options.eval_batch_size or run_config.batch_size
         loop, summary, selection = evaluation.train(
-            strategy,
-            task,
-            config,
-            steps,
-            inputs,
-            split,
-            verbose=verbose,
-            validation_fn=evaluation.validation_fn(inputs, data, split, batch),
+            strategy, task, config, steps, inputs, split, verbose=verbose
         )
         return evaluation.finish(
             loop,

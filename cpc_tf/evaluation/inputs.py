@@ -132,6 +132,12 @@ def test_fn(inputs, data, split, global_batch):
     return inputs.eval_fn(data.eval_data, global_batch)
 
 
+def eval_batch_size(config):
+    """The global batch of evaluation passes: `--eval_batch_size`, else
+    the training batch."""
+    return config.options.eval_batch_size or config.run.batch_size
+
+
 def validation_fn(inputs, data, split, global_batch):
     """One pass over the validation images, or None without any."""
     if split.val_ids is None:

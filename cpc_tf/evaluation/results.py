@@ -112,7 +112,7 @@ def finish(
         chief).
     """
     run, data = config.run, config.data
-    batch = config.options.eval_batch_size or run.batch_size
+    batch = inputs_lib.eval_batch_size(config)
     selected = selection is not None and selection.restore()
     weights = (
         contextlib.nullcontext()

@@ -187,7 +187,7 @@ def search_and_test(config, run_fn, strategy, inputs, verbose=True):
             os.path.join(best_dir, results_lib.CLASSIFIER_FILE), compile=False
         )
     data = config.data
-    batch = config.options.eval_batch_size or config.run.batch_size
+    batch = inputs_lib.eval_batch_size(config)
     split = splits.label_split(
         data, config.run.seed, data.subset_dir or model_dir, write=False
     )

@@ -16,6 +16,7 @@ import time
 import tensorflow as tf
 
 from cpc_tf import artifacts, builders, trainer
+from cpc_tf.evaluation import inputs as inputs_lib
 from cpc_tf.evaluation import results as results_lib
 
 BEST_DIR = "best"
@@ -118,7 +119,6 @@ def train(
     model_dir=None,
     step_offset=0,
     verbose=True,
-    validation_fn=None,
 ):
     """Fits `task` for `steps` on the labelled ids, resuming if it can.
 
@@ -126,13 +126,17 @@ def train(
         model_dir: checkpoints and logs (default: `config.run.model_dir`).
         step_offset: added to the trainer's step to reseed the data (a
             second phase continues the first one's stream).
-        validation_fn: one pass over the validation images; with it, the
-            best validation evaluation's weights are kept (`BestCheckpoint`).
+
+    When `split` has validation images, the best validation evaluation's
+    weights are kept (`BestCheckpoint`).
 
     Returns:
         `(trainer, train_summary dict, BestCheckpoint or None)`.
     """
     run = config.run
+    validation_fn = inputs_lib.validation_fn(
+        inputs, config.data, split, inputs_lib.eval_batch_size(config)
+    )
     model_dir = model_dir or run.model_dir
     loop = trainer.Trainer(
         strategy,
