@@ -26,12 +26,7 @@ import keras
 import tensorflow as tf
 
 from cpc_tf import artifacts, distribute, preemption
-from cpc_tf.hooks import (  # noqa: F401 (Hook: a trainer public name)
-    Hook,
-    HookRunner,
-    due,
-    stop_requested,
-)
+from cpc_tf.hooks import Hook, HookRunner, due, stop_requested  # noqa: F401
 from cpc_tf.steps import (  # noqa: F401 (the trainer's public names)
     OptimizerGroup,
     PolyakAverage,
