@@ -20,7 +20,6 @@ The trials file is a JSON list of `{"name": str, "flags": {flag: value},
 "steps": optional int}`.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 
 import tensorflow as tf
 from absl import app, flags
+
+from cpc_tf import artifacts
 
 
 def define_flags():
@@ -60,16 +61,6 @@ def _flag_args(values):
             value = ",".join(str(v) for v in value)
         args.append(f"--{name}={value}")
     return args
-
-
-def _read_json(path):
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def _write(path, text):
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text)
 
 
 def _run(command, log_path):
@@ -128,8 +119,8 @@ def run_trial(trial, values):
         ],
         os.path.join(directory, "probe.log"),
     )
-    summary = _read_json(os.path.join(pretrain_dir, "summary.json"))
-    probe = _read_json(os.path.join(probe_dir, "results.json"))
+    summary = artifacts.read_json(os.path.join(pretrain_dir, "summary.json"))
+    probe = artifacts.read_json(os.path.join(probe_dir, "results.json"))
     return dict(
         name=trial["name"],
         flags=trial.get("flags", {}),
@@ -181,25 +172,26 @@ def run_sweep(trials, sweep_dir, run_one, only=(), base=None):
             print(f"trial {trial['name']}: running ...", flush=True)
             score = run_one(trial)
             tf.io.gfile.makedirs(os.path.dirname(path))
-            _write(path, json.dumps(score, indent=2))
-        scores.append(_read_json(path))
+            artifacts.write_json(path, score)
+        scores.append(artifacts.read_json(path))
         print(
             f"trial {trial['name']}: probe val "
             f"{100 * scores[-1]['probe_val_top1']:.1f}",
             flush=True,
         )
-        _write(
+        artifacts.write_json(
             os.path.join(sweep_dir, "sweep.json"),
-            json.dumps(dict(base=base, trials=scores), indent=2),
+            dict(base=base, trials=scores),
         )
-        _write(os.path.join(sweep_dir, "sweep.md"), table(scores))
+        with tf.io.gfile.GFile(os.path.join(sweep_dir, "sweep.md"), "w") as f:
+            f.write(table(scores))
     return scores
 
 
 def main(argv):
     del argv
     values = flags.FLAGS
-    trials = _read_json(values.trials)
+    trials = artifacts.read_json(values.trials)
     scores = run_sweep(
         trials,
         values.sweep_dir,
