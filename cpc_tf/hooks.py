@@ -58,6 +58,7 @@ class HookRunner:
         self.history = history
         self.writer = writer
         self.seconds = 0.0
+        self.preempted = False
 
     def run(self, step, done):
         """The hooks due at `step` after `done` steps: `(scores, stop)`.
@@ -73,7 +74,7 @@ class HookRunner:
             try:
                 scores = hook.fn(step)
             except preemption.Preempted:
-                scores, stop = {}, True
+                scores, stop, self.preempted = {}, True, True
             scores = {name: float(value) for name, value in scores.items()}
             self.seconds += time.perf_counter() - start
             for name, value in scores.items():

@@ -138,8 +138,8 @@ def run(config, verbose=True, strategy=None):
         )
         wall_start = time.perf_counter()
         result = loop.fit(dataset_fn, hooks=hooks)
-        if result["stopped_early"]:
-            return dict(result, preempted=True)
+        if result["preempted"]:
+            return result
         summary_path = os.path.join(model_dir, artifacts.SUMMARY_FILE)
         if result["start_step"] == steps and tf.io.gfile.exists(summary_path):
             # Finished by an earlier invocation: its summary and encoder

@@ -32,7 +32,7 @@ def entry_point(main):
         try:
             return main(argv)
         except preemption.Preempted as stop:
-            print(f"preempted: {stop}; nothing to save. Run the same command.")
+            print(f"preempted: {stop}. Run the same command to resume.")
         except (FlagError, sources.SourceError) as error:
             raise SystemExit(f"error: {error}") from None
 

@@ -236,8 +236,9 @@ class Trainer:
         with preemption.watching():
             if preemption.requested() and self._num_workers == 1:
                 # Preempted before the first step: nothing to save.
-                return self._summary(
-                    start_step, start_step, None, None, {}, 0.0
+                return dict(
+                    self._summary(start_step, start_step, None, None, {}, 0.0),
+                    preempted=True,
                 )
             return self._fit(dataset_fn, hooks, start_step, history)
 
@@ -256,7 +257,7 @@ class Trainer:
             )
             progress.update(start_step)
         first_loss = last_loss = None
-        metrics = {}
+        metrics, preempted = {}, False
         wall_start = time.perf_counter()
         # Throughput counts only the loop calls after the first (tracing),
         # not checkpoints, hooks, summaries or the progress bar.
@@ -274,6 +275,7 @@ class Trainer:
                 )
                 loss, norm = float(loss), float(norm)
                 done, stopped = int(done), bool(stopped)
+                preempted = stopped
                 if first_loss is not None:
                     step_seconds += time.perf_counter() - call_start
                     timed_steps += done
@@ -294,6 +296,7 @@ class Trainer:
                 shown = dict(loss=loss, grad_norm=norm)
                 scores, hook_stop = runner.run(step, done)
                 shown.update(scores)
+                preempted = preempted or runner.preempted
                 stopped = stopped or hook_stop
                 if writer is not None and (
                     due(options.log_every, step, done) or step == options.steps
@@ -331,6 +334,7 @@ class Trainer:
         )
         result["history"] = history
         result["hook_seconds"] = runner.seconds
+        result["preempted"] = preempted
         return result
 
     def _loop_length(self, step):
@@ -371,6 +375,7 @@ class Trainer:
             seconds=seconds,
             images_per_s=images_per_s,
             stopped_early=end < self.options.steps,
+            preempted=False,
             history={},
             hook_seconds=0.0,
         )

@@ -473,6 +473,7 @@ def test_sigterm_stops_after_one_more_step_and_saves(tmp_path, two_replicas):
     # The signal arrives after step 3; step 4 carries the stop flag to
     # every replica in its all-reduce, then all save and stop.
     assert result["stopped_early"] and result["steps"] == 4
+    assert result["preempted"]
     assert loop.latest_checkpoint().endswith("ckpt-4")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
@@ -524,6 +525,7 @@ def test_a_stop_hook_ends_training_and_a_resumed_run_stays_stopped(tmp_path):
     loop, result = fit()
     assert asked == [0, 3, 6]
     assert result["stopped_early"] and result["steps"] == 6
+    assert not result["preempted"]
     assert loop.latest_checkpoint().endswith("ckpt-6")
     assert result["history"]["val"] == [[3, 3.0], [6, 6.0]]
     # Resuming restores step 6, where the hook still says stop: no step.

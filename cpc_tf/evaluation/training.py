@@ -15,7 +15,7 @@ import time
 
 import tensorflow as tf
 
-from cpc_tf import artifacts, builders, trainer
+from cpc_tf import artifacts, builders, preemption, trainer
 from cpc_tf.evaluation import inputs as inputs_lib
 from cpc_tf.evaluation import results as results_lib
 
@@ -170,5 +170,10 @@ def train(
         ),
         hooks=hooks,
     )
+    if result["preempted"]:
+        # Not finished: no test, no results; the same command resumes.
+        raise preemption.Preempted(
+            f"checkpoint saved at step {result['steps']}"
+        )
     summary = results_lib.train_summary(result, time.perf_counter() - start)
     return loop, summary, selection
