@@ -1,16 +1,20 @@
 """`python -m cpc_tf.supervised`: appendix C.1, with and without search."""
 
+import dataclasses
 import json
 import os
+import signal
 
 import keras
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags as absl_flags
 from test_evaluation import TINY_ENCODER, check_results, tiny_run
 
-from cpc_tf import evaluation, supervised
+from cpc_tf import evaluation, preemption, supervised
 from cpc_tf.config import DataConfig, ModelConfig, OptimConfig
+from cpc_tf.evaluation import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,3 +145,48 @@ def test_flags_default_to_appendix_c1_and_reject_patch_flags():
         values(["supervised", *args])
         with pytest.raises(evaluation.FlagError, match=flag):
             supervised.parse_config(values)
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_no_results_and_the_same_call_resumes(
+    tmp_path, monkeypatch
+):
+    # SIGTERM during validation at step 2 of 6: the trainer stops after one
+    # more step (all workers together) with a checkpoint, and tests nothing.
+    model_dir = str(tmp_path / "preempted")
+    data = whole_images(
+        train_data="mnist5k:train",
+        eval_data="holdout",
+        holdout=40,
+        validation=16,
+    )
+    config = supervised_config(model_dir, data, steps=6, checkpoint_every=100)
+    config = dataclasses.replace(
+        config,
+        options=dataclasses.replace(config.options, eval_every=2),
+    )
+    evaluated = []
+    validate = training.BestCheckpoint.__call__
+
+    def validate_then_sigterm(self, step):
+        evaluated.append(step)
+        scores = validate(self, step)
+        if step == 2 and len(evaluated) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return scores
+
+    monkeypatch.setattr(
+        training.BestCheckpoint, "__call__", validate_then_sigterm
+    )
+    with pytest.raises(preemption.Preempted, match="at step 3"):
+        supervised.run(config, verbose=False)
+    assert not os.path.exists(os.path.join(model_dir, evaluation.RESULTS_FILE))
+    checkpoint = tf.train.latest_checkpoint(
+        os.path.join(model_dir, "checkpoints")
+    )
+    assert checkpoint and checkpoint.endswith("-3")
+    results = supervised.run(config, verbose=False)
+    # Resumed at step 3: validation at 4 and 6 only, all 6 steps counted.
+    assert evaluated == [2, 4, 6]
+    assert results["steps"] == 6
+    check_results(model_dir, "supervised", test_examples=40)
