@@ -226,7 +226,8 @@ class Trainer:
 
         Returns:
             A dict: steps, first/last loss and metrics, images/s, seconds,
-            `history` of the hooks' values, `stopped_early`.
+            `history` of the hooks' values, `stopped_early`, and
+            `preempted` (SIGTERM stopped it, not a hook's early stop).
         """
         options = self.options
         start_step = self.restore()

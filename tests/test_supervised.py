@@ -171,7 +171,7 @@ def test_sigterm_leaves_no_results_and_the_same_call_resumes(
     def validate_then_sigterm(self, step):
         evaluated.append(step)
         scores = validate(self, step)
-        if step == 2 and len(evaluated) == 1:
+        if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
         return scores
 
