@@ -42,9 +42,13 @@ def test_flagfiles_resolve_to_the_paper():
     assert config.optim.clip_global_norm == 0.01
     assert config.optim.ema_decay == 0.9999
     assert config.run.batch_size == 512 and config.run.epochs == 200
-    for name in ("demo", "cifar10", "v2_resnet50"):
+    for name in ("demo", "cifar10", "cifar10_1h", "v2_resnet50"):
         parsed = parse(f"--flagfile={ROOT}/flags/{name}.cfg")
         assert parsed.data.grid_size >= parsed.model.steps_to_predict + 1
+    two_hours = parse(f"--flagfile={ROOT}/flags/cifar10.cfg")
+    one_hour = parse(f"--flagfile={ROOT}/flags/cifar10_1h.cfg")
+    assert one_hour.run.steps < two_hours.run.steps
+    assert one_hour.model == two_hours.model
     with open(f"{ROOT}/flags/v2.cfg") as f:
         assert f.readline().startswith("#")
 
