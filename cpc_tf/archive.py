@@ -37,7 +37,7 @@ import os
 
 import tensorflow as tf
 
-from cpc_tf import artifacts
+from cpc_tf import artifacts, checkpoints
 
 RESULTS_FILE = "results.json"
 REPORT_FILES = ("report.json", "report.md", "report.png", "knn.png")
@@ -60,15 +60,22 @@ def _files(directory):
 
 
 def _finished(stage_dir):
+    """A finished stage's record reads back whole (a damaged one is an
+    unfinished stage: it is re-run, never archived as finished)."""
     return any(
-        tf.io.gfile.exists(os.path.join(stage_dir, name))
-        for name in (RESULTS_FILE, artifacts.SUMMARY_FILE)
+        artifacts.read_record(os.path.join(stage_dir, name), (key,)) is not None
+        for name, key in (
+            (RESULTS_FILE, "top1"),
+            (artifacts.SUMMARY_FILE, "steps"),
+        )
     )
 
 
 def _latest_checkpoint_files(directory):
-    """The state file and the newest checkpoint's files of `directory`."""
-    latest = tf.train.latest_checkpoint(directory)
+    """The state file and the newest readable checkpoint's files of
+    `directory` (`checkpoints.newest_readable`: a damaged newer one is
+    not archived over the good one)."""
+    latest = checkpoints.newest_readable(directory)
     if latest is None:
         return []
     prefix = os.path.basename(latest) + "."

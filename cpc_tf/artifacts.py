@@ -51,3 +51,32 @@ def write_json(path, values):
 def read_json(path):
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
+
+
+def read_record(path, required=()):
+    """The JSON object at `path`, or None when it is missing or damaged
+    (unreadable, not JSON, not an object, or without a `required` key):
+    a run that resumes re-runs what such a file records, never trusts it.
+    """
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        values = read_json(path)
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError):
+        return None
+    if not isinstance(values, dict) or any(k not in values for k in required):
+        return None
+    return values
+
+
+def set_aside(path, suffix=".damaged"):
+    """Renames a damaged file to `path + suffix` (a new name each time, so
+    nothing is lost); returns the new path, or None if `path` is absent."""
+    if not tf.io.gfile.exists(path):
+        return None
+    target, index = path + suffix, 1
+    while tf.io.gfile.exists(target):
+        index += 1
+        target = f"{path}{suffix}{index}"
+    tf.io.gfile.rename(path, target)
+    return target

@@ -77,6 +77,7 @@ def trainer_options(run, optim, steps, model_dir=None, verbose=True):
         images_per_step=run.batch_size,
         steps_per_loop=run.steps_per_loop,
         loss_scaling=run.mixed_precision == "float16",
+        restart=run.restart,
     )
 
 

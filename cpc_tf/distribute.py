@@ -94,6 +94,25 @@ def cluster_task(strategy=None):
     return task_type, task_id, is_chief, max(num_workers, 1)
 
 
+def broadcast_from_chief(strategy, value, is_chief):
+    """The chief's integer `value` on every worker (one all-reduce).
+
+    Each of the chief's replicas contributes `(value, 1)`, every other
+    replica `(0, 0)`; the sums divide back to the chief's value. Every
+    worker must call it (a collective).
+    """
+    contribution = tf.constant(
+        [value, 1] if is_chief else [0, 0], dtype=tf.int64
+    )
+    summed = strategy.reduce(
+        tf.distribute.ReduceOp.SUM,
+        strategy.run(lambda: tf.identity(contribution)),
+        axis=None,
+    )
+    total, chief_replicas = (int(v) for v in summed.numpy())
+    return total // chief_replicas
+
+
 def skip_gradient_aggregation(optimizer):
     """Makes a Keras optimizer apply the gradients it is given as they are.
 

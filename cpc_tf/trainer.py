@@ -6,7 +6,9 @@ all-reduce per step, after which each optimizer group's summed gradient is
 clipped to its global norm and applied (`distribute.apply_gradients`), one
 or more optimizers on disjoint variables, Polyak averaging with warm-up
 inside the replicated step, `steps_per_loop` steps per compiled call,
-checkpoints that survive `kill -9`, preemption (SIGTERM to any worker
+checkpoints that survive `kill -9` and damage (`cpc_tf.checkpoints`:
+resume from the newest checkpoint that restores, never start over
+silently), preemption (SIGTERM to any worker
 stops every worker after the same step, with one checkpoint), a NaN/Inf
 guard that never overwrites a good checkpoint, periodic evaluation hooks
 (`cpc_tf.hooks`), TensorBoard summaries and a console progress bar.
@@ -25,7 +27,7 @@ import time
 import keras
 import tensorflow as tf
 
-from cpc_tf import artifacts, distribute, preemption
+from cpc_tf import artifacts, checkpoints, distribute, preemption
 from cpc_tf.hooks import Hook, HookRunner, due, stop_requested  # noqa: F401
 from cpc_tf.steps import (  # noqa: F401 (the trainer's public names)
     OptimizerGroup,
@@ -56,6 +58,7 @@ class TrainerOptions:
     images_per_step: int = 0
     steps_per_loop: int = 1
     loss_scaling: bool = False
+    restart: bool = False
 
 
 def _learning_rates(groups):
@@ -131,11 +134,8 @@ class Trainer:
         if self.ema is not None:
             trackables["ema"] = self.ema
         self.checkpoint = tf.train.Checkpoint(**trackables)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint,
-            os.path.join(self.write_dir, artifacts.CHECKPOINT_DIR),
-            max_to_keep=options.keep_checkpoints,
-        )
+        self.manager = self._checkpoint_manager()
+        self.resumed = None
         self._gradients_fn = compute_gradients
         compile_pieces = getattr(task, "compile_around_collectives", None)
         if options.jit_compile and not (compile_pieces and compile_pieces()):
@@ -154,18 +154,44 @@ class Trainer:
         self._train_loop = tf.function(self._distributed_loop)
         self._writer = None
 
-    def latest_checkpoint(self):
-        """The newest checkpoint of `model_dir` (the chief's), or None."""
-        return tf.train.latest_checkpoint(
-            os.path.join(self.options.model_dir, artifacts.CHECKPOINT_DIR)
+    def _checkpoint_manager(self):
+        return tf.train.CheckpointManager(
+            self.checkpoint,
+            os.path.join(self.write_dir, artifacts.CHECKPOINT_DIR),
+            max_to_keep=self.options.keep_checkpoints,
         )
 
+    def checkpoint_dir(self):
+        """`model_dir/checkpoints` (the chief's: every worker reads it)."""
+        return os.path.join(self.options.model_dir, artifacts.CHECKPOINT_DIR)
+
+    def latest_checkpoint(self):
+        """The newest checkpoint the state file names, or None."""
+        return tf.train.latest_checkpoint(self.checkpoint_dir())
+
     def restore(self):
-        """Restores the latest checkpoint; returns the step it was at."""
-        path = self.latest_checkpoint()
-        if path:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+        """Restores the newest checkpoint that restores, once
+        (`checkpoints.resume`: damaged ones are moved aside, and a
+        directory whose checkpoints all fail raises `CheckpointError`);
+        returns the step it was at. `self.resumed` says what happened."""
+        if self.resumed is None:
+            self.resumed = checkpoints.resume(
+                self.checkpoint,
+                self.checkpoint_dir(),
+                is_chief=self._is_chief,
+                restart=self.options.restart,
+                agree=self._agree_with_chief,
+            )
+            # The manager reads the state file as `resume` left it.
+            self.manager = self._checkpoint_manager()
         return int(self.step.numpy())
+
+    def _agree_with_chief(self, value):
+        if self._num_workers == 1:
+            return value
+        return distribute.broadcast_from_chief(
+            self.strategy, value, self._is_chief
+        )
 
     # -- the compiled step ----------------------------------------------------
 
@@ -226,8 +252,10 @@ class Trainer:
 
         Returns:
             A dict: steps, first/last loss and metrics, images/s, seconds,
-            `history` of the hooks' values, `stopped_early`, and
-            `preempted` (SIGTERM stopped it, not a hook's early stop).
+            `history` of the hooks' values, `stopped_early`,
+            `preempted` (SIGTERM stopped it, not a hook's early stop) and
+            `checkpoints` (what `restore` did: the checkpoint restored,
+            damaged ones moved aside, ones replaced by `restart`).
         """
         options = self.options
         start_step = self.restore()
@@ -379,6 +407,7 @@ class Trainer:
             preempted=False,
             history={},
             hook_seconds=0.0,
+            checkpoints=self.resumed,
         )
 
     def writer(self):

@@ -1,10 +1,14 @@
-"""Shared by the tests: flag parsing, a fast tiny setting, test patches."""
+"""Shared by the tests: flag parsing, a fast tiny setting, test patches,
+a tiny regression task for the trainer."""
 
 import os
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from cpc_tf import flags as cpc_flags
+from cpc_tf import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
@@ -46,3 +50,49 @@ def in_unit_range(x):
     """Whether every value of `x` lies in [0, 1]."""
     x = np.asarray(x)
     return x.min() >= 0.0 and x.max() <= 1.0
+
+
+class RegressionTask(trainer.Task):
+    """Mean squared error of a Dense layer: a per-example loss."""
+
+    def __init__(self, optimizer):
+        inputs = keras.Input((3,))
+        self.model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        self.optimizer = optimizer
+
+    def compute(self, batch, training):
+        x, y = batch
+        loss = tf.reduce_mean(tf.square(self.model(x) - y))
+        return loss, {}
+
+    def optimizer_groups(self):
+        return [
+            trainer.OptimizerGroup(
+                self.optimizer, self.model.trainable_variables
+            )
+        ]
+
+
+def run_steps(strategy, make_task, dataset, tmp_path, steps=1, **options):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        task = make_task()
+    initial = [v.numpy() for v in task.model.trainable_variables]
+    loop = trainer.Trainer(
+        strategy,
+        task,
+        trainer.TrainerOptions(
+            model_dir=str(tmp_path), steps=steps, verbose=False, **options
+        ),
+    )
+    per_replica = 8 // strategy.num_replicas_in_sync
+    result = loop.fit(lambda ctx: dataset.batch(per_replica).repeat())
+    final = [v.numpy() for v in task.model.trainable_variables]
+    return initial, final, result, loop
+
+
+def regression_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = 10.0 * rng.normal(size=(8, 2)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, y))

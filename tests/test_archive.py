@@ -6,8 +6,13 @@ import tensorflow as tf
 
 from cpc_tf import archive
 
+# A finished stage's record must read back whole (a damaged one is re-run).
+RECORDS = {"results.json": '{"top1": 0.5}', "summary.json": '{"steps": 1}'}
 
-def _write(root, relative, text="x"):
+
+def _write(root, relative, text=None):
+    if text is None:
+        text = RECORDS.get(os.path.basename(relative), "x")
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -221,3 +226,23 @@ def test_stages_finished_before_pretraining_keep_their_id_files(tmp_path):
     assert (
         elsewhere / "supervised_10pct/holdout_50_seed0.txt"
     ).read_text() == "1\n2\n"
+
+
+def test_a_damaged_record_is_an_unfinished_stage(tmp_path):
+    report_dir = _report_dir(tmp_path / "report")
+    _write(report_dir, "linear_cpc_10pct/results.json", '{"top1": 0.')
+    kept = archive.kept_files(str(report_dir))
+    assert "linear_cpc_10pct/results.json" not in kept
+    _write(report_dir, "pretrain/summary.json", "[]")
+    assert "pretrain/encoder.keras" not in archive.kept_files(str(report_dir))
+
+
+def test_a_damaged_newest_checkpoint_is_not_archived(tmp_path):
+    report_dir = _report_dir(tmp_path / "report")
+    stage = report_dir / "supervised_100pct"
+    _checkpoints(stage / "checkpoints", 3)
+    (data,) = (stage / "checkpoints").glob("ckpt-3.data-*")
+    data.write_bytes(b"")
+    kept = archive.kept_files(str(report_dir), unfinished=True)
+    assert "supervised_100pct/checkpoints/ckpt-2.index" in kept
+    assert not any("ckpt-3" in path for path in kept)

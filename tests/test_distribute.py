@@ -171,3 +171,24 @@ def test_gather_slots_compile_with_a_tensor_replica_id():
         out = merge(summed, values, tf.constant(2))
     gradient = tape.gradient(out, values)
     np.testing.assert_array_equal(gradient.numpy(), np.ones((2, 3, 4)))
+
+
+@pytest.mark.slow
+def test_workers_fall_back_together_to_the_chiefs_good_checkpoint(tmp_path):
+    model_dir = tmp_path / "run"
+    every = "--checkpoint_every=4"
+    finish(start_workers(model_dir, tmp_path, "--steps=8", every), 240)
+    checkpoints = model_dir / "checkpoints"
+    (data,) = checkpoints.glob("ckpt-8.data-*")
+    data.write_bytes(data.read_bytes()[:100])
+    outputs = finish(start_workers(model_dir, tmp_path, every), 240)
+    assert all("done 12" in output for output in outputs), outputs
+    # Both restored ckpt-4 (the chief's choice): the weights are those of
+    # an uninterrupted single process, not a mix.
+    first = load_weights(tmp_path / "worker0.npz")
+    second = load_weights(tmp_path / "worker1.npz")
+    for a, b, c in zip(first, second, single_process_weights(tmp_path)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+    assert (checkpoints / "damaged" / "1" / data.name).exists()
+    assert not (checkpoints / "damaged" / "2").exists()

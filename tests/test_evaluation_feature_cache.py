@@ -48,3 +48,30 @@ def test_a_written_cache_is_read_back_and_leaves_no_partial_file(
         np.testing.assert_array_equal(a, b)
     rows = feature_cache.select(second, np.array([3, 1]))
     np.testing.assert_array_equal(rows[0], values[[3, 1]])
+
+
+def test_a_damaged_cache_is_set_aside_and_embedded_again(tmp_path, monkeypatch):
+    path = tmp_path / "features" / "key.npz"
+    path.parent.mkdir()
+    path.write_bytes(b"PK\x03\x04 half a zip")
+    values = np.ones((2, 3), np.float32)
+    labels = np.array([0, 1])
+    monkeypatch.setattr(
+        feature_cache.features, "extract", lambda *args: (values, labels)
+    )
+    monkeypatch.setattr(
+        feature_cache.sources, "source_labels", lambda *a, **k: labels
+    )
+    got = feature_cache.source_features(
+        None,
+        None,
+        lambda spec, ids: None,
+        "spec",
+        DataConfig(),
+        str(path),
+        write=True,
+    )
+    np.testing.assert_array_equal(got[0], values)
+    damaged = tmp_path / "features" / "key.npz.damaged"
+    assert damaged.read_bytes() == b"PK\x03\x04 half a zip"
+    assert feature_cache._read(str(path))[1].tolist() == [0, 1]

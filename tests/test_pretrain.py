@@ -338,6 +338,64 @@ def test_finished_run_keeps_its_summary_and_encoder(tmp_path):
     assert encoder.stat().st_mtime_ns == saved_at
 
 
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_damaged_checkpoint_is_listed_in_the_summary(tmp_path):
+    args = [
+        f"--flagfile={ROOT}/flags/demo.cfg",
+        *FAST,
+        "--checkpoint_every=2",
+        f"--model_dir={tmp_path}",
+    ]
+    pretrain.run(parse(*args, "--steps=4"), verbose=False)
+    (data,) = (tmp_path / "checkpoints").glob("ckpt-4.data-*")
+    _truncate(data)
+    summary = pretrain.run(parse(*args, "--steps=6"), verbose=False)
+    assert summary["start_step"] == 2 and summary["steps"] == 6
+    (damaged,) = summary["checkpoints"]["damaged"]
+    assert damaged["checkpoint"] == "ckpt-4"
+    assert (tmp_path / "checkpoints" / "damaged" / "1" / data.name).exists()
+    with open(tmp_path / artifacts.SUMMARY_FILE) as f:
+        assert json.load(f)["checkpoints"]["damaged"] == [damaged]
+
+
+@pytest.mark.slow
+def test_all_checkpoints_damaged_exits_1_and_restart_starts_over(tmp_path):
+    args = [
+        "--flagfile=flags/demo.cfg",
+        *FAST,
+        "--steps=4",
+        "--checkpoint_every=2",
+        f"--model_dir={tmp_path}",
+    ]
+    pretrain.run(parse(*args), verbose=False)
+    (tmp_path / artifacts.SUMMARY_FILE).unlink()
+    for data in (tmp_path / "checkpoints").glob("ckpt-*.data-*"):
+        _truncate(data)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    process = cli(*args)
+    output = process.communicate(timeout=START_TIMEOUT)[0]
+    assert process.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert errors[-1].startswith(f"error: --model_dir: {tmp_path}")
+    assert "Traceback" not in output and "--restart=true" in errors[-1]
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    process = cli(*args, "--restart=true")
+    output = process.communicate(timeout=START_TIMEOUT)[0]
+    assert process.returncode == 0, output[-3000:]
+    with open(tmp_path / artifacts.SUMMARY_FILE) as f:
+        summary = json.load(f)
+    assert summary["start_step"] == 0 and summary["steps"] == 4
+    replaced = tmp_path / "checkpoints" / "replaced" / "1"
+    for path, content in before.items():
+        if path.parent.name == "checkpoints" and path.name != "checkpoint":
+            assert (replaced / path.name).read_bytes() == content
+
+
 # flags/v2.cfg's encoder made narrow: everything else as the paper has it.
 NARROW_ENCODER = (
     "--encoder_depth=0",

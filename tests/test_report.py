@@ -306,3 +306,21 @@ def test_bad_report_flags_fail_in_a_line(tmp_path, flag, value):
     assert errors and value.split(",")[-1] in errors[0], output[-2000:]
     assert "Traceback" not in output
     assert not os.path.exists(f"{tmp_path}/report")
+
+
+def test_a_damaged_stage_record_is_not_done(tmp_path):
+    from cpc_tf import reporting
+
+    stage = reporting.Stage(
+        name="linear_cpc_1pct_seed0",
+        method="linear_cpc",
+        fraction=1.0,
+        seed=0,
+        module="cpc_tf.linear_eval",
+        args=(f"--model_dir={tmp_path}",),
+    )
+    assert not reporting.stage_done(stage)
+    (tmp_path / "results.json").write_text('{"top1": 0.4')
+    assert not reporting.stage_done(stage)
+    (tmp_path / "results.json").write_text('{"top1": 0.4}')
+    assert reporting.stage_done(stage)

@@ -56,6 +56,29 @@ def test_sweep_runs_each_trial_once_and_resumes(sweep, tmp_path):
     assert rows[1].startswith("| a | (base) |")
 
 
+def test_a_damaged_score_is_run_again_and_kept(sweep, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "a").mkdir(parents=True)
+    (sweep_dir / "a" / "score.json").write_text('{"name": "a", "probe')
+    ran = []
+
+    def run_one(trial):
+        ran.append(trial["name"])
+        return dict(
+            name="a",
+            flags={},
+            steps=1,
+            images_per_s=1.0,
+            knn_top1=None,
+            probe_val_top1=0.5,
+        )
+
+    (score,) = sweep.run_sweep([{"name": "a"}], str(sweep_dir), run_one)
+    assert ran == ["a"] and score["probe_val_top1"] == 0.5
+    damaged = sweep_dir / "a" / "score.json.damaged"
+    assert damaged.read_text() == '{"name": "a", "probe'
+
+
 def test_run_trial_reads_pretraining_and_probe(sweep, tmp_path, monkeypatch):
     commands = []
 

@@ -166,9 +166,12 @@ def run_sweep(trials, sweep_dir, run_one, only=(), base=None):
     scores = []
     for trial in trials:
         path = os.path.join(sweep_dir, trial["name"], "score.json")
-        if not tf.io.gfile.exists(path):
+        if artifacts.read_record(path, ("probe_val_top1",)) is None:
             if only and trial["name"] not in only:
                 continue
+            damaged = artifacts.set_aside(path)
+            if damaged:
+                print(f"trial {trial['name']}: kept damaged {damaged}")
             print(f"trial {trial['name']}: running ...", flush=True)
             score = run_one(trial)
             tf.io.gfile.makedirs(os.path.dirname(path))

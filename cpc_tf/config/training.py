@@ -104,6 +104,13 @@ class RunConfig:
     jit_compile: bool = config_field(False, "XLA-compile the train step.")
     checkpoint_every: int = config_field(1000, "Steps between checkpoints.")
     keep_checkpoints: int = config_field(3, "Checkpoints kept.")
+    restart: bool = config_field(
+        False,
+        "Start from step 0 although --model_dir holds checkpoints (they are "
+        "moved to checkpoints/replaced/, never deleted). Without it a run "
+        "resumes from the newest checkpoint that restores, and fails if "
+        "none does.",
+    )
     log_every: int = config_field(100, "Steps between TensorBoard summaries.")
     use_ema: bool = config_field(
         True, "Evaluate and export the Polyak-averaged weights."

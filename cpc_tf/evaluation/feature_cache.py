@@ -11,10 +11,12 @@ initialisation with its seed), the source and the patch geometry.
 import hashlib
 import io
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
 
+from cpc_tf import artifacts
 from cpc_tf.data import sources
 from cpc_tf.evaluation import features
 
@@ -61,10 +63,15 @@ def source_features(strategy, encoder, eval_fn, spec, data, path, write):
     fixed order: read from `path`, or embedded and written there.
 
     The order is checked against `sources.source_labels` (one input
-    pipeline reads the source in order).
+    pipeline reads the source in order). A damaged cache file is set
+    aside (`.damaged`) and the source embedded again.
     """
     if tf.io.gfile.exists(path):
-        return _read(path)
+        try:
+            return _read(path)
+        except (ValueError, KeyError, EOFError, OSError, zipfile.BadZipFile):
+            if write:
+                artifacts.set_aside(path)
     values, labels = features.extract(strategy, encoder, eval_fn(spec, None))
     expected = sources.source_labels(spec, data_dir=data.data_dir or None)
     if len(labels) != len(expected) or not np.array_equal(labels, expected):

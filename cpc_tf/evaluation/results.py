@@ -185,7 +185,10 @@ def train_summary(result, wall_seconds):
     keys = ("steps", "first_loss", "last_loss", "metrics", "images_per_s")
     summary = {k: result[k] for k in keys}
     return dict(
-        summary, history=result.get("history", {}), wall_seconds=wall_seconds
+        summary,
+        history=result.get("history", {}),
+        wall_seconds=wall_seconds,
+        checkpoints=result.get("checkpoints"),
     )
 
 

@@ -15,7 +15,7 @@ import time
 
 import tensorflow as tf
 
-from cpc_tf import artifacts, builders, preemption, trainer
+from cpc_tf import artifacts, builders, checkpoints, preemption, trainer
 from cpc_tf.evaluation import inputs as inputs_lib
 from cpc_tf.evaluation import results as results_lib
 
@@ -36,6 +36,11 @@ class BestCheckpoint:
         patience: evaluations without a new best before `exhausted` (0:
             never).
         interval: steps between evaluations.
+        restart: forget an earlier run's best (`--restart`).
+
+    A damaged `best.json` is set aside and forgotten (the next evaluation
+    becomes the best); damaged best weights fail the results with
+    `checkpoints.CheckpointError`, never a silent fallback.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class BestCheckpoint:
         use_ema,
         patience=0,
         interval=1,
+        restart=False,
     ):
         self.loop = loop
         self.patience = patience
@@ -57,8 +63,15 @@ class BestCheckpoint:
         self.use_ema = use_ema
         self.checkpoint = tf.train.Checkpoint(model=model)
         self.best = None
-        if tf.io.gfile.exists(self.record_path):
-            self.best = artifacts.read_json(self.record_path)
+        if restart:
+            if loop.is_chief():
+                artifacts.set_aside(self.record_path, ".replaced")
+        else:
+            self.best = artifacts.read_record(
+                self.record_path, ("step", "val_top1")
+            )
+            if self.best is None and loop.is_chief():
+                artifacts.set_aside(self.record_path)
 
     def __call__(self, step):
         with self.loop.evaluation_weights(self.use_ema):
@@ -93,9 +106,13 @@ class BestCheckpoint:
         """Puts the best weights into the model; False if none was kept."""
         if self.best is None:
             return False
-        self.checkpoint.read(
-            os.path.join(self.directory, "weights")
-        ).assert_existing_objects_matched()
+        path = os.path.join(self.directory, "weights")
+        reason = checkpoints.try_restore(self.checkpoint, path, written=True)
+        if reason is not None:
+            raise checkpoints.CheckpointError(
+                f"--model_dir: the best validation weights {path} do not "
+                f"restore ({reason}); pass --restart=true to train again."
+            )
         return True
 
     def record(self):
@@ -156,6 +173,7 @@ def train(
             run.use_ema,
             patience=config.options.patience,
             interval=interval,
+            restart=run.restart,
         )
         hooks.append(
             trainer.Hook(interval, selection, stop=selection.exhausted)

@@ -4,8 +4,6 @@ directory, after which stage, and whether it has finished."""
 import dataclasses
 import os
 
-import tensorflow as tf
-
 from cpc_tf import artifacts
 from cpc_tf.config import ENCODER_SHAPE_FIELDS
 
@@ -167,8 +165,16 @@ def stage_needs(stage):
     return ("pretrain",)
 
 
-def stage_done(stage):
-    result = (
-        RESULTS_FILE if stage.method != "pretrain" else (artifacts.SUMMARY_FILE)
+def stage_record_path(stage):
+    """The file whose presence says `stage` finished."""
+    name = (
+        RESULTS_FILE if stage.method != "pretrain" else artifacts.SUMMARY_FILE
     )
-    return tf.io.gfile.exists(os.path.join(stage.directory, result))
+    return os.path.join(stage.directory, name)
+
+
+def stage_done(stage):
+    """Whether `stage` finished: its record exists and reads back whole
+    (a damaged `results.json` or `summary.json` is re-run, not trusted)."""
+    required = ("top1",) if stage.method != "pretrain" else ("steps",)
+    return artifacts.read_record(stage_record_path(stage), required) is not None

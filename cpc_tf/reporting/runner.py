@@ -54,9 +54,8 @@ def run_report(
     start = time.perf_counter()
     # Stage times and machines accumulate over invocations (a resumed
     # report keeps them).
-    previous = os.path.join(report_dir, "report.json")
     previous = (
-        artifacts.read_json(previous) if tf.io.gfile.exists(previous) else {}
+        artifacts.read_record(os.path.join(report_dir, "report.json")) or {}
     )
     timings = previous.get("stage_seconds", {})
     machines = previous.get("stage_machines", {})
@@ -111,6 +110,13 @@ def run_report(
                 )
                 print(f"{prefix(stage)}: {state}, skipped", flush=True)
         else:
+            damaged = artifacts.set_aside(planning.stage_record_path(stage))
+            if damaged and verbose:
+                print(
+                    f"{prefix(stage)}: its record is damaged (kept as "
+                    f"{damaged}); running it again",
+                    flush=True,
+                )
             to_run.append(stage)
     _check_needs(to_run, stages)
     tf.io.gfile.makedirs(report_dir)

@@ -10,7 +10,11 @@ With `--pause`, every worker waits at step 5 (after writing
 `MODEL_DIR/paused_<task>`) until `MODEL_DIR/go` exists or it got SIGTERM:
 a test can then preempt one worker at a known step.
 
+With `--steps=N` it trains to step N (of the same 12 batches) and with
+`--checkpoint_every=N` saves every N steps (default: only at the end).
+
 Usage: python train_tiny.py MODEL_DIR WEIGHTS STRATEGY [--pause]
+    [--steps=N] [--checkpoint_every=N]
 """
 
 import os
@@ -45,7 +49,7 @@ def pause_hook(model_dir, task_name):
     return trainer.Hook(PAUSE_AT, pause, at_end=False)
 
 
-def main(model_dir, weights_path, strategy_name, pause):
+def main(model_dir, weights_path, strategy_name, pause, steps, every):
     preemption.install()
     strategy = distribute.make_strategy(strategy_name)
     keras.utils.set_random_seed(0)
@@ -79,10 +83,10 @@ def main(model_dir, weights_path, strategy_name, pause):
         task,
         trainer.TrainerOptions(
             model_dir=model_dir,
-            steps=STEPS,
+            steps=steps,
             clip_global_norm=0.01,
             ema_decay=0.9999,
-            checkpoint_every=100,
+            checkpoint_every=every,
             verbose=False,
         ),
     )
@@ -107,5 +111,19 @@ def main(model_dir, weights_path, strategy_name, pause):
     print("done", result["steps"], result["last_loss"], flush=True)
 
 
+def option(name, default):
+    for arg in sys.argv[4:]:
+        if arg.startswith(f"--{name}="):
+            return int(arg.split("=", 1)[1])
+    return default
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], "--pause" in sys.argv[4:])
+    main(
+        sys.argv[1],
+        sys.argv[2],
+        sys.argv[3],
+        "--pause" in sys.argv[4:],
+        option("steps", STEPS),
+        option("checkpoint_every", 100),
+    )
