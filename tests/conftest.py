@@ -5,6 +5,9 @@ Fixtures:
   CPUs (TF 2.21 cannot run the collectives of two in-process instances).
 - `tiny_cpc_task`: a factory of a tiny CPC `CPCTask` (4x4 grid of 8x8
   patches, two directions), `negatives` and optimizer as arguments.
+
+The shared constants and builders (tiny backbones, the tiny CPC, the tiny
+pretrained run, `ROOT`) are in `helpers.py`.
 """
 
 import os
@@ -24,16 +27,7 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
 
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
-TINY_BACKBONE = dict(
-    blocks=(1,),
-    widths=(4,),
-    output_widths=(8,),
-    stem_width=4,
-    stem_kernel=3,
-    stem_stride=2,
-    stem_pool=False,
-)
+import helpers  # noqa: E402 (after the devices are configured)
 
 
 @pytest.fixture(autouse=True)
@@ -46,36 +40,20 @@ def _free_keras_state():
 
 @pytest.fixture
 def two_replicas():
-    from cpc_tf import distribute
+    from cpc_tf.training import distribute
 
-    return distribute.make_strategy("mirrored", devices=TWO_CPUS)
-
-
-def make_tiny_cpc():
-    """A built tiny CPC model for `[B, 4, 4, 8, 8, 3]` patch grids."""
-    from cpc_tf import encoders
-    from cpc_tf.model import build_cpc
-
-    return build_cpc(
-        encoders.resnet_v2(**TINY_BACKBONE),
-        (8, 8, 3),
-        (4, 4),
-        directions=("down", "right"),
-        steps_to_ignore=1,
-        steps_to_predict=2,
-        context_blocks=1,
-        context_hidden=8,
-        target_dim=8,
-    )
+    return distribute.make_strategy("mirrored", devices=helpers.TWO_CPUS)
 
 
 @pytest.fixture
 def tiny_cpc_task():
-    from cpc_tf.tasks import CPCTask
+    from cpc_tf.training.tasks import CPCTask
 
     def make(negatives="local", optimizer=None):
         return CPCTask(
-            make_tiny_cpc(), optimizer or keras.optimizers.SGD(0.5), negatives
+            helpers.make_tiny_cpc(),
+            optimizer or keras.optimizers.SGD(0.5),
+            negatives,
         )
 
     return make

@@ -1,14 +1,29 @@
-"""Shared by the tests: flag parsing, a fast tiny setting, test patches,
-a tiny regression task for the trainer."""
+"""What the tests share: `ROOT`, flag parsing and the fast tiny flag
+setting, tiny backbones and the tiny CPC, a tiny pretrained run and the
+check of a protocol's `results.json`, test patches, and a tiny
+regression task for the trainer."""
 
+import json
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf import flags as cpc_flags
-from cpc_tf import trainer
+from cpc_tf import evaluation
+from cpc_tf.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PretrainConfig,
+    RunConfig,
+)
+from cpc_tf.config import flags as cpc_flags
+from cpc_tf.models import encoders
+from cpc_tf.models.cpc import build_cpc
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import trainer
+from cpc_tf.training.builders import build_cpc_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = [
@@ -96,3 +111,126 @@ def regression_data():
     x = rng.normal(size=(8, 3)).astype("float32")
     y = 10.0 * rng.normal(size=(8, 2)).astype("float32")
     return tf.data.Dataset.from_tensor_slices((x, y))
+
+
+TWO_CPUS = ["/cpu:0", "/cpu:1"]
+TINY_BACKBONE = dict(
+    blocks=(1,),
+    widths=(4,),
+    output_widths=(8,),
+    stem_width=4,
+    stem_kernel=3,
+    stem_stride=2,
+    stem_pool=False,
+)
+# Twice as wide: for tests whose model must learn or export something.
+SMALL_BACKBONE = dict(
+    TINY_BACKBONE, widths=(8,), output_widths=(16,), stem_width=8
+)
+
+
+def make_tiny_cpc():
+    """A built tiny CPC model for `[B, 4, 4, 8, 8, 3]` patch grids."""
+    return build_cpc(
+        encoders.resnet_v2(**TINY_BACKBONE),
+        (8, 8, 3),
+        (4, 4),
+        directions=("down", "right"),
+        steps_to_ignore=1,
+        steps_to_predict=2,
+        context_blocks=1,
+        context_hidden=8,
+        target_dim=8,
+    )
+
+
+# A 3x3 grid of 4x4 patches from a 12x12 crop of 16x16 images.
+TINY_GEOMETRY = dict(image_size=16, crop_size=12, patch_size=4, patch_stride=4)
+TINY_ENCODER = dict(
+    encoder_depth=0,
+    encoder_blocks=(1,),
+    encoder_widths=(4,),
+    encoder_output_widths=(8,),
+    stem_width=4,
+    stem_kernel=3,
+    stem_stride=1,
+    stem_pool=False,
+)
+RESULT_KEYS = {
+    "top1",
+    "top5",
+    "test",
+    "validation",
+    "label_fraction",
+    "labelled_examples",
+    "holdout",
+    "num_classes",
+    "steps",
+    "train",
+    "checkpoint",
+    "classifier",
+    "config",
+    "protocol",
+    "test_set",
+    "test_excluded_from_pretraining",
+    "selected",
+}
+
+
+def make_pretrained_dir(path, seed=1):
+    """A pretraining model_dir with a tiny random encoder (no training)."""
+    config = PretrainConfig(
+        data=DataConfig(**TINY_GEOMETRY),
+        model=ModelConfig(
+            **TINY_ENCODER,
+            steps_to_ignore=1,
+            steps_to_predict=2,
+            context_blocks=1,
+            context_hidden=8,
+            target_dim=8,
+        ),
+        optim=OptimConfig(beta1=0.8),
+        run=RunConfig(model_dir=str(path)),
+    )
+    os.makedirs(path, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    model = build_cpc_model(config)
+    artifacts.save_encoder(str(path), model.encoder, (3, 3, 4, 4, 3))
+    config.to_json(os.path.join(path, artifacts.CONFIG_FILE))
+    return str(path)
+
+
+def tiny_run(model_dir, **overrides):
+    """A `RunConfig` for a few quiet steps."""
+    values = dict(
+        model_dir=str(model_dir),
+        batch_size=8,
+        steps=3,
+        checkpoint_every=100,
+        log_every=1,
+        seed=0,
+    )
+    return RunConfig(**dict(values, **overrides))
+
+
+def check_results(model_dir, protocol, test_examples=1000):
+    """Reads `results.json`, checks it is complete; returns it.
+
+    The default test set is the 1,000 images of `mnist5k:test`.
+    """
+    with open(os.path.join(model_dir, evaluation.RESULTS_FILE)) as f:
+        results = json.load(f)
+    assert RESULT_KEYS <= set(results)
+    assert results["protocol"] == protocol
+    assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+    assert results["test"]["examples"] == test_examples
+    assert os.path.isfile(results["classifier"])
+    assert os.path.isfile(results["checkpoint"] + ".index")
+    return results
+
+
+def weights_equal(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# -- heads ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ import os
 
 import tensorflow as tf
 
-from cpc_tf import archive
+from cpc_tf.reporting import archive
 
 # A finished stage's record must read back whole (a damaged one is re-run).
 RECORDS = {"results.json": '{"top1": 0.5}', "summary.json": '{"steps": 1}'}

@@ -7,8 +7,12 @@ import numpy as np
 import tensorflow as tf
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import artifacts, evaluation, export, linear_eval, pretrain
+from cpc_tf import evaluation
 from cpc_tf.config import DataConfig, OptimConfig, RunConfig
+from cpc_tf.protocols import linear as linear_eval
+from cpc_tf.protocols import pretrain
+from cpc_tf.rundir import artifacts
+from cpc_tf.serving import export
 
 
 def test_json_round_trip_on_ram():

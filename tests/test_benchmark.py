@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 from cpc_tf.benchmarking import runner
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _benchmark(*args):

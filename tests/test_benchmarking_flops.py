@@ -1,15 +1,12 @@
 """Model FLOPs of a training step and the matmul peak."""
 
-import os
-
 import keras
 import pytest
 import tensorflow as tf
+from helpers import ROOT
 
 from cpc_tf.benchmarking import flops as flops_lib
 from cpc_tf.benchmarking import jobs
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_dense_flops_match_a_hand_count():

@@ -1,13 +1,10 @@
 """One benchmark subprocess's job: config parsing, precisions, sources."""
 
-import os
-
 import pytest
+from helpers import ROOT
 
 from cpc_tf.benchmarking import jobs
 from cpc_tf.config import FlagError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_missing_source_reads_the_stand_in():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import builders
 from cpc_tf.config import RunConfig
+from cpc_tf.training import builders
 
 
 def test_total_steps_from_epochs():

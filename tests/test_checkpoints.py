@@ -11,8 +11,8 @@ import tensorflow as tf
 from helpers import RegressionTask, regression_data, run_steps
 from tensorflow.python.ops import gen_io_ops
 
-from cpc_tf import checkpoints
 from cpc_tf.config import FlagError
+from cpc_tf.training import checkpoints
 
 
 def make_task():

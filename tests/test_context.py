@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from cpc_tf.context import DIRECTIONS, PixelCNN, rotate_to_down
+from cpc_tf.models.context import DIRECTIONS, PixelCNN, rotate_to_down
 
 
 def conv2d_valid(x, kernel, bias):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cpc_tf.config import LABEL_FRACTIONS
 from cpc_tf.data import subsets
 
 
@@ -12,7 +13,7 @@ def _labels(per_class=(300, 300, 300, 300, 200), seed=0):
     return np.random.default_rng(seed).permutation(labels)
 
 
-@pytest.mark.parametrize("fraction", subsets.LABEL_FRACTIONS)
+@pytest.mark.parametrize("fraction", LABEL_FRACTIONS)
 def test_label_subsets_are_class_balanced(fraction):
     labels = _labels()
     ids = subsets.label_subset_ids(labels, fraction, seed=0)
@@ -33,9 +34,7 @@ def test_label_subsets_are_reproducible_and_nested():
     a = subsets.label_subset_ids(labels, 10, seed=1)
     np.testing.assert_array_equal(a, subsets.label_subset_ids(labels, 10, 1))
     assert not np.array_equal(a, subsets.label_subset_ids(labels, 10, 2))
-    for small, large in zip(
-        subsets.LABEL_FRACTIONS, subsets.LABEL_FRACTIONS[1:]
-    ):
+    for small, large in zip(LABEL_FRACTIONS, LABEL_FRACTIONS[1:]):
         s = subsets.label_subset_ids(labels, small, seed=1)
         l_ = subsets.label_subset_ids(labels, large, seed=1)
         assert np.isin(s, l_).all()

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cpc_tf import distribute
 from cpc_tf.config import FlagError
+from cpc_tf.training import distribute
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "train_tiny.py")
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")

@@ -3,18 +3,19 @@
 import keras
 import numpy as np
 import pytest
+from helpers import TINY_BACKBONE
 from keras import ops
 
-from cpc_tf import encoders
+from cpc_tf.models import encoders
 
+# Two stacks (a stride between them), from the shared tiny backbone.
 TINY = dict(
+    TINY_BACKBONE,
     blocks=(1, 2),
     widths=(4, 8),
     output_widths=(8, 16),
     stem_width=8,
-    stem_kernel=3,
     stem_stride=1,
-    stem_pool=False,
 )
 
 
@@ -151,3 +152,9 @@ def test_layer_norm_in_mixed_precision_and_saving(tmp_path):
         ops.convert_to_numpy(model(images)),
         rtol=1e-6,
     )
+
+
+def test_the_config_knows_every_resnet_depth():
+    from cpc_tf.config.model import RESNET_V2_DEPTHS
+
+    assert sorted(encoders.RESNET_V2_SPECS) == sorted(RESNET_V2_DEPTHS)

@@ -1,11 +1,7 @@
-"""Shared evaluation pieces: heads, task, evaluation loop, splits, search.
-
-`make_pretrained_dir` and `TINY_*` are also used by the entry points' tests.
-"""
+"""Shared evaluation pieces: heads, task, evaluation loop, splits, search."""
 
 import contextlib
 import dataclasses
-import json
 import os
 
 import keras
@@ -13,110 +9,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
+from helpers import (
+    TINY_ENCODER,
+    TINY_GEOMETRY,
+    TWO_CPUS,
+    make_pretrained_dir,
+    weights_equal,
+)
 
-from cpc_tf import artifacts, distribute, encoders, evaluation, splits, trainer
-from cpc_tf import flags as cpc_flags
-from cpc_tf.builders import build_cpc_model
+from cpc_tf import evaluation
 from cpc_tf.config import (
     DataConfig,
     ModelConfig,
     OptimConfig,
-    PretrainConfig,
     RunConfig,
 )
+from cpc_tf.config import flags as cpc_flags
 from cpc_tf.data import sources
-
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
-# A 3x3 grid of 4x4 patches from a 12x12 crop of 16x16 images.
-TINY_GEOMETRY = dict(image_size=16, crop_size=12, patch_size=4, patch_stride=4)
-TINY_ENCODER = dict(
-    encoder_depth=0,
-    encoder_blocks=(1,),
-    encoder_widths=(4,),
-    encoder_output_widths=(8,),
-    stem_width=4,
-    stem_kernel=3,
-    stem_stride=1,
-    stem_pool=False,
-)
-RESULT_KEYS = {
-    "top1",
-    "top5",
-    "test",
-    "validation",
-    "label_fraction",
-    "labelled_examples",
-    "holdout",
-    "num_classes",
-    "steps",
-    "train",
-    "checkpoint",
-    "classifier",
-    "config",
-    "protocol",
-    "test_set",
-    "test_excluded_from_pretraining",
-    "selected",
-}
-
-
-def make_pretrained_dir(path, seed=1):
-    """A pretraining model_dir with a tiny random encoder (no training)."""
-    config = PretrainConfig(
-        data=DataConfig(**TINY_GEOMETRY),
-        model=ModelConfig(
-            **TINY_ENCODER,
-            steps_to_ignore=1,
-            steps_to_predict=2,
-            context_blocks=1,
-            context_hidden=8,
-            target_dim=8,
-        ),
-        optim=OptimConfig(beta1=0.8),
-        run=RunConfig(model_dir=str(path)),
-    )
-    os.makedirs(path, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    model = build_cpc_model(config)
-    artifacts.save_encoder(str(path), model.encoder, (3, 3, 4, 4, 3))
-    config.to_json(os.path.join(path, artifacts.CONFIG_FILE))
-    return str(path)
-
-
-def tiny_run(model_dir, **overrides):
-    """A `RunConfig` for a few quiet steps."""
-    values = dict(
-        model_dir=str(model_dir),
-        batch_size=8,
-        steps=3,
-        checkpoint_every=100,
-        log_every=1,
-        seed=0,
-    )
-    return RunConfig(**dict(values, **overrides))
-
-
-def check_results(model_dir, protocol, test_examples=1000):
-    """Reads `results.json`, checks it is complete; returns it.
-
-    The default test set is the 1,000 images of `mnist5k:test`.
-    """
-    with open(os.path.join(model_dir, evaluation.RESULTS_FILE)) as f:
-        results = json.load(f)
-    assert RESULT_KEYS <= set(results)
-    assert results["protocol"] == protocol
-    assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
-    assert results["test"]["examples"] == test_examples
-    assert os.path.isfile(results["classifier"])
-    assert os.path.isfile(results["checkpoint"] + ".index")
-    return results
-
-
-def weights_equal(a, b):
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
-
-
-# -- heads ---------------------------------------------------------------------
+from cpc_tf.models import encoders
+from cpc_tf.rundir import artifacts, splits
+from cpc_tf.training import distribute, trainer
 
 
 def test_linear_head_has_no_scale_and_averages_per_position_logits():
@@ -422,8 +334,7 @@ def test_eval_data_holdout_tests_on_the_held_out_images(tmp_path):
 
 
 def test_l2_penalty_spares_normalization_and_biases():
-    from cpc_tf.config import OptimConfig
-    from cpc_tf.optimizers import l2_strength, make_optimizer
+    from cpc_tf.training.optimizers import l2_strength, make_optimizer
 
     keras.utils.set_random_seed(0)
     backbone = encoders.resnet_v2(

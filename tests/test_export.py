@@ -11,25 +11,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import SMALL_BACKBONE
 from keras import layers
 
-from cpc_tf import artifacts, encoders
 from cpc_tf.config import DataConfig, ModelConfig, PretrainConfig
 from cpc_tf.data.pipeline import eval_image, eval_patches
-from cpc_tf.export import ExportArgumentError, export, load_encoder
+from cpc_tf.models import encoders
+from cpc_tf.rundir import artifacts
+from cpc_tf.serving.export import ExportArgumentError, export, load_encoder
 
 GEOMETRY = dict(image_size=32, crop_size=28, patch_size=8, patch_stride=4)
 GRID = 6
 PATCHES = (GRID, GRID, 8, 8, 3)
-TINY = dict(
-    blocks=(1,),
-    widths=(8,),
-    output_widths=(16,),
-    stem_width=8,
-    stem_kernel=3,
-    stem_stride=2,
-    stem_pool=False,
-)
 LABELS = ("cat", "dog", "bird")
 CLOSE = dict(rtol=1e-5, atol=1e-5)
 
@@ -48,7 +41,7 @@ def run_dir(tmp_path_factory):
     """A finished tiny run: its model dir plus a linear classifier."""
     keras.utils.set_random_seed(0)
     model_dir = tmp_path_factory.mktemp("run")
-    encoder = encoders.PatchEncoder(encoders.resnet_v2(**TINY))
+    encoder = encoders.PatchEncoder(encoders.resnet_v2(**SMALL_BACKBONE))
     encoder.build((None,) + PATCHES)
     artifacts.save_encoder(str(model_dir), encoder, PATCHES)
     PretrainConfig(

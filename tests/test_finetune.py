@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
-from test_evaluation import (
+from helpers import (
+    ROOT,
     check_results,
     make_pretrained_dir,
     tiny_run,
     weights_equal,
 )
 
-from cpc_tf import artifacts, evaluation, finetune, trainer
+from cpc_tf import evaluation
 from cpc_tf.config import DataConfig, OptimConfig
-from cpc_tf.optimizers import make_optimizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cpc_tf.protocols import finetune
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import trainer
+from cpc_tf.training.optimizers import make_optimizer
 
 
 def finetune_config(pretrained_dir, model_dir, phase1=2, phase2=2):

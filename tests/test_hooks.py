@@ -1,7 +1,7 @@
 import pytest
 import tensorflow as tf
 
-from cpc_tf import hooks, preemption
+from cpc_tf.training import hooks, preemption
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from cpc_tf import losses
+from cpc_tf.models import losses
 
 
 def pseudocode_term(preds, targets, i):

@@ -1,6 +1,6 @@
 """The machine a number was measured on."""
 
-from cpc_tf import machine
+from cpc_tf.training import machine
 
 
 def test_cpu_model_names_family_and_model():

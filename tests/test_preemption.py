@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from cpc_tf import preemption
+from cpc_tf.training import preemption
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ import pytest
 import tensorflow as tf
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import artifacts, builders, pretrain, splits
 from cpc_tf.config import FlagError
 from cpc_tf.data import readers
+from cpc_tf.protocols import pretrain
+from cpc_tf.rundir import artifacts, splits
+from cpc_tf.training import builders
 
 # How long a subprocess may take to start and fail or finish: generous, so
 # that a machine 3x slower than the reference passes.

@@ -9,8 +9,9 @@ import pytest
 from absl import flags
 from helpers import FAST, ROOT, parse
 
-from cpc_tf import reporting, supervised
+from cpc_tf import reporting
 from cpc_tf.config import FlagError
+from cpc_tf.protocols import supervised
 
 
 def test_config_round_trips_through_flag_lines(tmp_path):
@@ -316,7 +317,7 @@ def test_a_damaged_stage_record_is_not_done(tmp_path):
         method="linear_cpc",
         fraction=1.0,
         seed=0,
-        module="cpc_tf.linear_eval",
+        protocol="linear_eval",
         args=(f"--model_dir={tmp_path}",),
     )
     assert not reporting.stage_done(stage)

@@ -3,8 +3,9 @@
 import keras
 import pytest
 
-from cpc_tf import preemption, runtime
 from cpc_tf.config import DataConfig, FlagError, RunConfig
+from cpc_tf.protocols import runtime
+from cpc_tf.training import preemption
 
 
 def test_prepare_model_dir(tmp_path):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cpc_tf import splits
 from cpc_tf.config import DataConfig, FlagError
 from cpc_tf.data import sources, subsets
+from cpc_tf.rundir import splits
 
 
 def test_label_split_is_balanced_disjoint_and_read_back(tmp_path):

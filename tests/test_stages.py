@@ -1,35 +1,18 @@
 import os
+import re
 import sys
-import textwrap
 import threading
 
 import pytest
+from helpers import FAST, ROOT
 
-from cpc_tf import reporting, stages
-
-# An entry point the stage worker can import: it records the process it
-# ran in and what it printed.
-FAKE_ENTRY_POINT = textwrap.dedent(
-    """
-    import os
-
-    def define_flags(values):
-        from absl import flags
-
-        flags.DEFINE_string("model_dir", None, "", flag_values=values)
-
-    def run_from_flags(values, verbose=True):
-        print("fake stage printed this")
-        os.makedirs(values.model_dir, exist_ok=True)
-        with open(os.path.join(values.model_dir, "pid"), "w") as f:
-            f.write(str(os.getpid()))
-    """
-)
+from cpc_tf import reporting
+from cpc_tf.reporting import stages
 
 
-def _stage(name, module="cpc_tf.no_such_module", args=()):
+def _stage(name, protocol="no_such_protocol", args=()):
     return reporting.Stage(
-        name, "linear_cpc", 100.0, 0, module, (*args, f"--model_dir={name}")
+        name, "linear_cpc", 100.0, 0, protocol, (*args, f"--model_dir={name}")
     )
 
 
@@ -138,20 +121,22 @@ def test_stages_that_wait_on_each_other_fail(fake_worker, tmp_path):
         )
 
 
-def test_a_worker_runs_its_stages_in_one_process(monkeypatch, tmp_path):
-    (tmp_path / "fake_entry_point.py").write_text(FAKE_ENTRY_POINT)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+@pytest.mark.slow
+def test_a_worker_runs_its_stages_in_one_process(tmp_path):
+    # Two tiny pretraining runs through the protocol registry.
+    args = (f"--flagfile={ROOT}/flags/demo.cfg", *FAST, "--steps=1")
     names = [str(tmp_path / name) for name in ("one", "two")]
-    _run([_stage(name, "fake_entry_point") for name in names], 1, tmp_path)
-    pids = {open(os.path.join(name, "pid")).read() for name in names}
+    _run([_stage(name, "pretrain", args) for name in names], 1, tmp_path)
+    logs = [open(f"{name}.log").read() for name in names]
+    pids = {re.search(r"\(in process (\d+)\)", log).group(1) for log in logs}
     assert len(pids) == 1 and pids != {str(os.getpid())}
-    log = open(f"{names[1]}.log").read()
-    assert log.startswith(f"{sys.executable} -m fake_entry_point")
-    assert "fake stage printed this" in log
+    assert logs[1].startswith(f"{sys.executable} -m cpc_tf.pretrain")
+    for name in names:
+        assert os.path.exists(os.path.join(name, "summary.json"))
 
 
 def test_side_by_side_stops_starting_after_a_failure(tmp_path):
-    # A real worker: the unknown module fails; nothing after it starts.
+    # A real worker: the unknown protocol fails; nothing after it starts.
     started = []
     with pytest.raises(RuntimeError, match="Stage a failed"):
         stages.run_side_by_side(
@@ -163,7 +148,7 @@ def test_side_by_side_stops_starting_after_a_failure(tmp_path):
         )
     assert started == ["a"]
     log = (tmp_path / "a.log").read_text()
-    assert log.startswith(sys.executable) and "No module named" in log
+    assert log.startswith(sys.executable) and "unknown protocol" in log
 
 
 def test_report_stages_need_pretraining_except_the_supervised_baseline():

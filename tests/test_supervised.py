@@ -10,13 +10,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags as absl_flags
-from test_evaluation import TINY_ENCODER, check_results, tiny_run
+from helpers import ROOT, TINY_ENCODER, check_results, tiny_run
 
-from cpc_tf import evaluation, preemption, supervised
+from cpc_tf import evaluation
 from cpc_tf.config import DataConfig, ModelConfig, OptimConfig
 from cpc_tf.evaluation import training
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cpc_tf.protocols import supervised
+from cpc_tf.training import preemption
 
 
 def supervised_config(model_dir, data, search=None, augment=True, **run):

@@ -10,10 +10,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TWO_CPUS
-from helpers import RegressionTask, regression_data, run_steps
+from helpers import TWO_CPUS, RegressionTask, regression_data, run_steps
 
-from cpc_tf import distribute, trainer
+from cpc_tf.training import distribute, trainer
 
 
 def test_clip_after_sum_two_replicas_equals_one_device(tmp_path):
@@ -67,9 +66,9 @@ def patch_data():
 @pytest.fixture(scope="module")
 def one_device_cpc(tmp_path_factory):
     """Two steps of the tiny CPC task on one device (the reference)."""
-    from conftest import make_tiny_cpc
+    from helpers import make_tiny_cpc
 
-    from cpc_tf.tasks import CPCTask
+    from cpc_tf.training.tasks import CPCTask
 
     return run_steps(
         tf.distribute.get_strategy(),
@@ -243,7 +242,10 @@ def test_jit_compiled_step_matches_the_plain_step(tmp_path):
 
 def test_learning_rate_schedules():
     from cpc_tf.config import OptimConfig
-    from cpc_tf.optimizers import learning_rate_schedule, make_optimizer
+    from cpc_tf.training.optimizers import (
+        learning_rate_schedule,
+        make_optimizer,
+    )
 
     constant = make_optimizer(OptimConfig(), 100)
     assert float(constant.learning_rate) == pytest.approx(4e-4)
@@ -512,7 +514,7 @@ def test_only_the_chief_writes_the_model_directory(monkeypatch, tmp_path):
 def test_sigterm_inside_a_hook_saves_the_steps_done(tmp_path):
     # A long hook (the k-NN monitor's embedding) stops at its next safe
     # point; the trainer saves the steps already done and stops.
-    from cpc_tf import preemption
+    from cpc_tf.training import preemption
 
     def interrupted(step):
         os.kill(os.getpid(), signal.SIGTERM)

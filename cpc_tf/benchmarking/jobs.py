@@ -21,15 +21,17 @@ import time
 import keras
 import tensorflow as tf
 
-from cpc_tf import artifacts, builders, runtime, trainer
-from cpc_tf import flags as cpc_flags
 from cpc_tf.benchmarking import flops as flops_lib
 from cpc_tf.config import (
     FlagError,
 )
+from cpc_tf.config import flags as cpc_flags
 from cpc_tf.data import sources
-from cpc_tf.optimizers import make_optimizer
-from cpc_tf.tasks import CPCTask
+from cpc_tf.protocols import runtime
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import builders, trainer
+from cpc_tf.training.optimizers import make_optimizer
+from cpc_tf.training.tasks import CPCTask
 
 PRECISIONS = (
     "float32",

@@ -17,10 +17,10 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from cpc_tf import artifacts
-from cpc_tf import machine as host
 from cpc_tf.benchmarking import jobs
 from cpc_tf.config import FlagError
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import machine as host
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,7 @@ from cpc_tf.config.base import (
     from_dict,
     read_json,
 )
-from cpc_tf.config.data import LABEL_FRACTIONS, DataConfig
+from cpc_tf.config.data import HOLDOUT, LABEL_FRACTIONS, DataConfig
 from cpc_tf.config.model import ENCODER_SHAPE_FIELDS, ModelConfig
 from cpc_tf.config.training import (
     PRECISIONS,
@@ -32,6 +32,7 @@ from cpc_tf.config.training import (
 
 __all__ = [
     "ENCODER_SHAPE_FIELDS",
+    "HOLDOUT",
     "LABEL_FRACTIONS",
     "PRECISIONS",
     "STRATEGIES",

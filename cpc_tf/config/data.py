@@ -3,9 +3,30 @@
 import dataclasses
 
 from cpc_tf.config.base import check_probability, config_field, flag_error
-from cpc_tf.data.augment import RANDAUGMENT_OPS
+
+# The RandAugment operations of `data.augment` (which imports the names
+# from here, so that the flag is checked before any data code runs).
+RANDAUGMENT_OPS = (
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "auto_contrast",
+    "invert",
+    "equalize",
+    "solarize",
+    "posterize",
+    "contrast",
+    "color",
+    "brightness",
+    "sharpness",
+    "cutout",
+)
 
 LABEL_FRACTIONS = (1, 2, 5, 10, 20, 50, 100)
+# The `--eval_data` that tests on the `--holdout` images.
+HOLDOUT = "holdout"
 
 
 @dataclasses.dataclass(frozen=True)

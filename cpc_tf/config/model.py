@@ -3,8 +3,13 @@
 import dataclasses
 
 from cpc_tf.config.base import config_field, flag_error
-from cpc_tf.context import DIRECTIONS
-from cpc_tf.encoders import NORMALIZATIONS, RESNET_V2_SPECS
+
+# The names the model core accepts (`cpc_tf.models` imports them from here,
+# so that the flags are checked before any model code runs).
+DIRECTIONS = ("down", "up", "left", "right")
+NORMALIZATIONS = ("layer", "batch", "group", "none")
+# `models.encoders.RESNET_V2_SPECS` holds their shapes.
+RESNET_V2_DEPTHS = (50, 101, 152, 161, 200)
 
 # The ModelConfig fields that shape the encoder (`backbone_kwargs` reads
 # these and `norm`); a network built from them matches the CPC encoder.
@@ -66,10 +71,10 @@ class ModelConfig:
     )
 
     def __post_init__(self):
-        if self.encoder_depth and self.encoder_depth not in RESNET_V2_SPECS:
+        if self.encoder_depth and self.encoder_depth not in RESNET_V2_DEPTHS:
             flag_error(
                 "encoder_depth",
-                f"expected 0 or one of {sorted(RESNET_V2_SPECS)}, got "
+                f"expected 0 or one of {list(RESNET_V2_DEPTHS)}, got "
                 f"{self.encoder_depth}.",
             )
         if self.norm not in NORMALIZATIONS:

@@ -24,7 +24,6 @@ from cpc_tf.data.sources import (
     source_labels,
 )
 from cpc_tf.data.subsets import (
-    LABEL_FRACTIONS,
     apply_subset,
     holdout_split,
     label_subset_ids,
@@ -33,7 +32,6 @@ from cpc_tf.data.subsets import (
 )
 
 __all__ = [
-    "LABEL_FRACTIONS",
     "RANDAUGMENT_OPS",
     "AugmentConfig",
     "SkipCounter",

@@ -63,25 +63,9 @@ import dataclasses
 
 import tensorflow as tf
 
+from cpc_tf.config.data import RANDAUGMENT_OPS
 from cpc_tf.data import augment_ops
 
-RANDAUGMENT_OPS = (
-    "shear_x",
-    "shear_y",
-    "translate_x",
-    "translate_y",
-    "rotate",
-    "auto_contrast",
-    "invert",
-    "equalize",
-    "solarize",
-    "posterize",
-    "contrast",
-    "color",
-    "brightness",
-    "sharpness",
-    "cutout",
-)
 MAX_LEVEL = 10.0
 # Patches are augmented in chunks of about this many pixels (one image's
 # 36 patches of 80x80 in the paper setting; a whole batch of small

@@ -19,7 +19,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-LABEL_FRACTIONS = (1, 2, 5, 10, 20, 50, 100)
 _SUBSET_SALT = 0
 _HOLDOUT_SALT = 1
 
@@ -33,7 +32,7 @@ def label_subset_ids(labels, fraction_percent, seed):
 
     Args:
         labels: int [n] class labels.
-        fraction_percent: in (0, 100], e.g. one of `LABEL_FRACTIONS`.
+        fraction_percent: in (0, 100], e.g. one of `config.LABEL_FRACTIONS`.
         seed: int.
 
     Returns:

@@ -11,10 +11,9 @@ weighted k-NN classifier, and tests once.
 import keras
 import numpy as np
 
-from cpc_tf import preemption
-from cpc_tf.config import flag_error
+from cpc_tf.config import HOLDOUT, flag_error
 from cpc_tf.evaluation import feature_cache, features, knn, probe
-from cpc_tf.evaluation import inputs as inputs_lib
+from cpc_tf.training import preemption
 
 _VIEW_SALT = 7
 
@@ -77,7 +76,7 @@ def embed(
     validation = None
     if split.val_ids is not None:
         validation = part(data.train_data, split.val_ids)
-    if data.eval_data == inputs_lib.HOLDOUT:
+    if data.eval_data == HOLDOUT:
         test = part(data.train_data, split.test_ids)
     else:
         test = part(data.eval_data, None)

@@ -8,6 +8,7 @@ the protocol's own options; every field is a flag of the same name.
 import dataclasses
 
 from cpc_tf.config import (
+    HOLDOUT,
     DataConfig,
     KnnConfig,
     ModelConfig,
@@ -21,7 +22,6 @@ GEOMETRY_FLAGS = ("image_size", "crop_size", "patch_size", "patch_stride")
 SEARCH_ALGORITHMS = ("random", "bayesian")
 PROBES = ("augmented", "cached", "knn")
 # `--eval_data=holdout`: test on the --holdout images of --train_data.
-HOLDOUT = "holdout"
 
 
 def _dropout_field():

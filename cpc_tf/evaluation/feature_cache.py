@@ -16,9 +16,9 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf import artifacts
 from cpc_tf.data import sources
 from cpc_tf.evaluation import features
+from cpc_tf.rundir import artifacts
 
 CACHE_DIR = "features"
 

@@ -10,7 +10,7 @@ the next batch (`preemption.Preempted`: nothing to save).
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf import preemption
+from cpc_tf.training import preemption
 
 
 def pooled(features):

@@ -13,7 +13,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from cpc_tf import encoders, steps
+from cpc_tf.models import encoders
+from cpc_tf.training import steps
 
 
 def linear_head(feature_shape, num_classes, name="linear_head", l2=0.0):

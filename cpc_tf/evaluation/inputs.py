@@ -7,10 +7,9 @@ repeated) and evaluation (one pass, no augmentation) from `data.pipeline`;
 
 import dataclasses
 
-from cpc_tf.builders import augment_config
-from cpc_tf.config import DataConfig, flag_error
+from cpc_tf.config import HOLDOUT, DataConfig, flag_error
 from cpc_tf.data import pipeline, sources
-from cpc_tf.evaluation.configs import HOLDOUT
+from cpc_tf.training.builders import augment_config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,10 +12,11 @@ import os
 import keras
 import tensorflow as tf
 
-from cpc_tf import artifacts, encoders
-from cpc_tf.builders import build_backbone
 from cpc_tf.config import PretrainConfig, flag_error, read_json
 from cpc_tf.evaluation.configs import GEOMETRY_FLAGS
+from cpc_tf.models import encoders
+from cpc_tf.rundir import artifacts
+from cpc_tf.training.builders import build_backbone
 
 
 def pretrained_geometry(data, pretrain_data, explicit=()):
@@ -102,8 +103,7 @@ def load_patch_encoder(pretrained_dir, pretrain_config, random_init):
     encoder = encoders.PatchEncoder(
         build_backbone(pretrain_config.model), name="encoder"
     )
-    inputs = keras.Input((grid, grid, patch, patch, 3), name="patches")
-    model = keras.Model(inputs, encoder(inputs), name="cpc_encoder")
+    model = encoders.patch_grid_model(encoder, (grid, grid, patch, patch, 3))
     if not random_init:
         _copy_weights(model, pretrained_dir, artifacts.ENCODER_FILE)
     return model

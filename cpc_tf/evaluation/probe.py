@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf import preemption
+from cpc_tf.training import preemption
 
 _EPSILON = 1e-3  # BatchNormalization's default
 

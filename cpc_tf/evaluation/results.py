@@ -14,10 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf import artifacts, splits
+from cpc_tf.config import HOLDOUT
 from cpc_tf.evaluation import inputs as inputs_lib
+from cpc_tf.rundir import artifacts, splits
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = artifacts.RESULTS_FILE
 CLASSIFIER_FILE = "classifier.keras"
 
 
@@ -88,8 +89,8 @@ def evaluate(strategy, model, dataset_fn):
 
 def finish(
     loop,
-    strategy,
     model,
+    *,
     inputs,
     config,
     split,
@@ -111,6 +112,7 @@ def finish(
         The results dict (also written to `model_dir/results.json` by the
         chief).
     """
+    strategy = loop.strategy
     run, data = config.run, config.data
     batch = inputs_lib.eval_batch_size(config)
     selected = selection is not None and selection.restore()
@@ -162,7 +164,7 @@ def finish(
 def test_set_name(data, test_metrics=None):
     """`{"source", "examples"}` naming the test set."""
     source = data.eval_data
-    if source == splits.HOLDOUT:
+    if source == HOLDOUT:
         source = (
             f"{data.train_data} hold-out ({data.holdout:g}, seed "
             f"{data.holdout_seed})"
@@ -196,3 +198,11 @@ def dump(results):
     """One line of the headline numbers."""
     keys = ("top1", "top5", "label_fraction", "labelled_examples", "steps")
     return json.dumps({k: results.get(k) for k in keys})
+
+
+def describe(results, model_dir):
+    """An entry point's last line: the headline numbers and where they
+    are (None when the protocol returned nothing)."""
+    if results is None:
+        return None
+    return f"{dump(results)} -> {model_dir}"

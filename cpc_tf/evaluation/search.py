@@ -14,9 +14,9 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from cpc_tf import splits
 from cpc_tf.evaluation import inputs as inputs_lib
 from cpc_tf.evaluation import results as results_lib
+from cpc_tf.rundir import splits
 
 SEARCH_DIR = "search"
 OBJECTIVE = "val_top1"

@@ -15,9 +15,10 @@ import time
 
 import tensorflow as tf
 
-from cpc_tf import artifacts, builders, checkpoints, preemption, trainer
 from cpc_tf.evaluation import inputs as inputs_lib
 from cpc_tf.evaluation import results as results_lib
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import builders, checkpoints, preemption, trainer
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"

@@ -4,8 +4,8 @@ directory, after which stage, and whether it has finished."""
 import dataclasses
 import os
 
-from cpc_tf import artifacts
 from cpc_tf.config import ENCODER_SHAPE_FIELDS
+from cpc_tf.rundir import artifacts
 
 METHODS = {
     "linear_cpc": "Linear on CPC features",
@@ -19,7 +19,7 @@ CPC_METHODS = ("linear_cpc", "finetune")
 WHOLE_IMAGE = ("finetune", "supervised")
 # Methods that read nothing of pretraining (they may run beside it).
 WITHOUT_PRETRAINING = ("supervised",)
-RESULTS_FILE = "results.json"
+RESULTS_FILE = artifacts.RESULTS_FILE
 
 
 def _flag_line(name, value):
@@ -55,13 +55,13 @@ def encoder_shape_flags(model_config):
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One run of an entry point."""
+    """One run of a protocol (`protocols.registry`) with its arguments."""
 
     name: str
     method: str
     fraction: float
     seed: int
-    module: str
+    protocol: str
     args: tuple
 
     @property
@@ -107,7 +107,7 @@ def plan(
             "pretrain",
             100.0,
             config.run.seed,
-            "cpc_tf.pretrain",
+            "pretrain",
             (
                 f"--flagfile={os.path.join(report_dir, 'pretrain.cfg')}",
                 f"--model_dir={pretrain_dir}",
@@ -115,19 +115,19 @@ def plan(
         )
     ]
     pixels = ["--probe=cached", "--probe_features=pixels"]
-    modules = dict(
-        linear_cpc=("cpc_tf.linear_eval", []),
-        linear_random=("cpc_tf.linear_eval", ["--random_init"]),
-        finetune=("cpc_tf.finetune", whole_image),
-        supervised=("cpc_tf.supervised", encoder_shape + whole_image),
-        pixels=("cpc_tf.linear_eval", pixels),
+    protocols = dict(
+        linear_cpc=("linear_eval", []),
+        linear_random=("linear_eval", ["--random_init"]),
+        finetune=("finetune", whole_image),
+        supervised=("supervised", encoder_shape + whole_image),
+        pixels=("linear_eval", pixels),
     )
     if methods is not None:
-        modules = {k: v for k, v in modules.items() if k in methods}
+        protocols = {k: v for k, v in protocols.items() if k in methods}
     for fraction in fractions:
         for offset in range(seeds):
             seed = config.run.seed + offset
-            for method, (module, extra) in modules.items():
+            for method, (protocol, extra) in protocols.items():
                 name = f"{method}_{fraction:g}pct"
                 if seeds > 1:
                     name += f"_seed{seed}"
@@ -142,7 +142,7 @@ def plan(
                         method,
                         fraction,
                         seed,
-                        module,
+                        protocol,
                         (
                             f"--flagfile={flagfiles[method]}",
                             *shared,

@@ -5,13 +5,13 @@ import os
 
 import numpy as np
 
-from cpc_tf import artifacts
 from cpc_tf.reporting.planning import (
     CPC_METHODS,
     METHODS,
     RESULTS_FILE,
     stage_done,
 )
+from cpc_tf.rundir import artifacts
 
 
 def collect(stages):

@@ -7,10 +7,11 @@ import time
 
 import tensorflow as tf
 
-from cpc_tf import archive, artifacts, machine
-from cpc_tf import stages as stage_runner
 from cpc_tf.config import FlagError
-from cpc_tf.reporting import planning, plots, results
+from cpc_tf.reporting import archive, planning, plots, results
+from cpc_tf.reporting import stages as stage_runner
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import machine
 
 
 def run_report(

@@ -6,11 +6,12 @@ feature spec (ImageNet included) without its files, so a flagfile that reads
 """
 
 import tensorflow_datasets as tfds
-from absl import app
+from absl import app, flags
 
-from cpc_tf import pretrain
+from cpc_tf.protocols import registry, runtime
 
 if __name__ == "__main__":
-    pretrain.define_flags()
+    protocol = registry.get("pretrain")
+    protocol.define_flags(flags.FLAGS)
     with tfds.testing.mock_data(num_examples=8):
-        app.run(pretrain.main)
+        app.run(runtime.entry_point(lambda argv: protocol.main(flags.FLAGS)))

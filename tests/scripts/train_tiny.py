@@ -27,9 +27,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cpc_tf import distribute, encoders, preemption, trainer  # noqa: E402
-from cpc_tf.model import build_cpc  # noqa: E402
-from cpc_tf.tasks import CPCTask  # noqa: E402
+from cpc_tf.models import encoders
+from cpc_tf.models.cpc import build_cpc  # noqa: E402
+from cpc_tf.training import distribute, preemption, trainer  # noqa: E402
+from cpc_tf.training.tasks import CPCTask  # noqa: E402
 
 GLOBAL_BATCH = 4
 STEPS = 12

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from cpc_tf import distribute, steps
+from cpc_tf.training import distribute, steps
 
 
 class CPCTask(steps.Task):
@@ -54,35 +54,3 @@ class CPCTask(steps.Task):
         return [
             steps.OptimizerGroup(self.optimizer, self.model.trainable_variables)
         ]
-
-
-def prepare_keras_training(model, clip_global_norm, ema_decay, negatives):
-    """What `CPC.compile` sets up for `keras_train_step` (TF backend)."""
-    if negatives not in ("local", "global"):
-        raise ValueError(f"negatives: expected local or global: {negatives}")
-    model.clip_global_norm = clip_global_norm
-    model.negatives = negatives
-    model.polyak = None
-    if ema_decay:
-        if not model.built:
-            raise ValueError("Build the CPC model before compiling with EMA.")
-        model.polyak = steps.PolyakAverage(model.trainable_variables, ema_decay)
-    distribute.skip_gradient_aggregation(model.optimizer)
-    model.optimizer.build(model.trainable_variables)
-
-
-def keras_train_step(model, data):
-    """`CPC.train_step`: the trainer's step (`steps.replica_step`) for
-    Keras `fit`, in replica context. Returns the running metrics."""
-    task = CPCTask(model, model.optimizer, model.negatives)
-    loss, terms, norm, _, _ = steps.replica_step(
-        task,
-        task.optimizer_groups(),
-        data,
-        clip_norm=model.clip_global_norm,
-        ema=model.polyak,
-    )
-    model._loss_tracker.update_state(loss)
-    for name, tracker in model.trackers.items():
-        tracker.update_state(terms[name])
-    return dict(model.get_metrics_result(), grad_norm=norm)

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 from absl import flags as absl_flags
-from test_evaluation import (
+from helpers import (
+    ROOT,
     TWO_CPUS,
     check_results,
     make_pretrained_dir,
@@ -17,10 +18,11 @@ from test_evaluation import (
     weights_equal,
 )
 
-from cpc_tf import artifacts, distribute, evaluation, linear_eval
+from cpc_tf import evaluation
 from cpc_tf.config import DataConfig, OptimConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cpc_tf.protocols import linear as linear_eval
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import distribute
 
 
 def linear_config(

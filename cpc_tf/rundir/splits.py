@@ -22,10 +22,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf.config import FlagError
+from cpc_tf.config import HOLDOUT, FlagError
 from cpc_tf.data import sources, subsets
 
-HOLDOUT = "holdout"
 # The second draw of --holdout_seed (validation) must differ from the first.
 _VALIDATION_SALT = 7919
 

@@ -2,18 +2,18 @@
 or several at once in long-lived worker processes, each with its share
 of the cores.
 
-A stage (`reporting.Stage`) is one run of an entry point with its
-arguments. Small networks on a few cores use them poorly from one
-process (per-op overhead, little intra-op parallelism), so independent
-stages side by side, each with `cores // workers` threads, finish sooner.
-Each worker (`python -m cpc_tf.stages`) imports TensorFlow once and runs
-its stages one after another in itself, as the report does in-process:
-a stage costs its own work, not a TensorFlow start-up (about 8 s).
+A stage (`reporting.Stage`) is one run of a protocol
+(`protocols.registry`) with its arguments. Small networks on a few cores
+use them poorly from one process (per-op overhead, little intra-op
+parallelism), so independent stages side by side, each with
+`cores // workers` threads, finish sooner. Each worker (`python -m
+cpc_tf.reporting.stages`) imports TensorFlow once and runs its stages one
+after another in itself, as the report does in-process: a stage costs its
+own work, not a TensorFlow start-up (about 8 s).
 """
 
 import concurrent.futures
 import contextlib
-import importlib
 import json
 import os
 import queue
@@ -26,6 +26,8 @@ import types
 import keras
 import tensorflow as tf
 from absl import flags, logging
+
+from cpc_tf.protocols import registry
 
 
 def available_cores():
@@ -47,7 +49,8 @@ def thread_environment(workers):
 
 
 def _command(stage):
-    return [sys.executable, "-m", stage.module, *stage.args]
+    entry_point = registry.entry_point(stage.protocol)
+    return [sys.executable, "-m", entry_point, *stage.args]
 
 
 def command_line(stage):
@@ -94,11 +97,11 @@ def run_in_process(stage, log_path):
                 contextlib.redirect_stdout(log),
                 contextlib.redirect_stderr(log),
             ):
-                module = importlib.import_module(stage.module)
+                protocol = registry.get(stage.protocol)
                 values = flags.FlagValues()
-                module.define_flags(values)
-                values([stage.module, *stage.args])
-                module.run_from_flags(values, verbose=False)
+                protocol.define_flags(values)
+                values([protocol.entry_point, *stage.args])
+                protocol.run_from_flags(values, verbose=False)
         except (Exception, SystemExit):
             log.write(traceback.format_exc())
             raise
@@ -107,8 +110,8 @@ def run_in_process(stage, log_path):
 
 
 class StageWorker:
-    """A process (`python -m cpc_tf.stages`) that runs stages in itself,
-    one after another: TensorFlow starts once per worker. Requests and
+    """A process (`python -m cpc_tf.reporting.stages`) that runs stages in
+    itself, one after another: TensorFlow starts once per worker. Requests and
     replies are JSON lines on its stdin and stdout; its stderr is this
     process's (TensorFlow's start-up lines, native warnings).
 
@@ -127,7 +130,7 @@ class StageWorker:
 
     def run(self, stage, log_path):
         """Runs `stage` (its output to `log_path`); raises on failure."""
-        request = dict(module=stage.module, args=stage.args, log=log_path)
+        request = dict(protocol=stage.protocol, args=stage.args, log=log_path)
         reply = ""
         with contextlib.suppress(BrokenPipeError):
             self.process.stdin.write(json.dumps(request) + "\n")
@@ -160,7 +163,7 @@ def serve(requests, replies):
     for line in requests:
         request = json.loads(line)
         stage = types.SimpleNamespace(
-            module=request["module"], args=tuple(request["args"])
+            protocol=request["protocol"], args=tuple(request["args"])
         )
         error = None
         try:

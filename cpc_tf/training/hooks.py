@@ -11,7 +11,7 @@ import time
 
 import tensorflow as tf
 
-from cpc_tf import preemption
+from cpc_tf.training import preemption
 
 
 @dataclasses.dataclass

@@ -6,12 +6,12 @@ all-reduce per step, after which each optimizer group's summed gradient is
 clipped to its global norm and applied (`distribute.apply_gradients`), one
 or more optimizers on disjoint variables, Polyak averaging with warm-up
 inside the replicated step, `steps_per_loop` steps per compiled call,
-checkpoints that survive `kill -9` and damage (`cpc_tf.checkpoints`:
+checkpoints that survive `kill -9` and damage (`training.checkpoints`:
 resume from the newest checkpoint that restores, never start over
 silently), preemption (SIGTERM to any worker
 stops every worker after the same step, with one checkpoint), a NaN/Inf
 guard that never overwrites a good checkpoint, periodic evaluation hooks
-(`cpc_tf.hooks`), TensorBoard summaries and a console progress bar.
+(`training.hooks`), TensorBoard summaries and a console progress bar.
 
 Multi-worker runs write only from the chief: the other workers save their
 (required) checkpoints to a temporary directory beside it and delete it.
@@ -27,9 +27,10 @@ import time
 import keras
 import tensorflow as tf
 
-from cpc_tf import artifacts, checkpoints, distribute, preemption
-from cpc_tf.hooks import Hook, HookRunner, due, stop_requested  # noqa: F401
-from cpc_tf.steps import (  # noqa: F401 (the trainer's public names)
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import checkpoints, distribute, preemption
+from cpc_tf.training.hooks import Hook, HookRunner, due, stop_requested  # noqa: F401
+from cpc_tf.training.steps import (  # noqa: F401 (the trainer's public names)
     OptimizerGroup,
     PolyakAverage,
     Task,

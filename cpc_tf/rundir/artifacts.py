@@ -18,11 +18,13 @@ told otherwise (`--use_ema=false`). Images enter every model as float32 in
 import json
 import os
 
-import keras
 import tensorflow as tf
+
+from cpc_tf.models import encoders
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.json"
 ENCODER_FILE = "encoder.keras"
 BACKBONE_FILE = "backbone.keras"
 CHECKPOINT_DIR = "checkpoints"
@@ -37,8 +39,7 @@ def save_encoder(model_dir, encoder, grid_shape):
         encoder: a built `encoders.PatchEncoder`.
         grid_shape: `(gh, gw, ph, pw, C)` of its inputs.
     """
-    inputs = keras.Input(tuple(grid_shape), name="patches")
-    wrapped = keras.Model(inputs, encoder(inputs), name="cpc_encoder")
+    wrapped = encoders.patch_grid_model(encoder, grid_shape)
     wrapped.save(os.path.join(model_dir, ENCODER_FILE))
     encoder.backbone.save(os.path.join(model_dir, BACKBONE_FILE))
 

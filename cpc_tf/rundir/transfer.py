@@ -11,8 +11,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from cpc_tf import artifacts
-from cpc_tf.encoders import PatchEncoder
+from cpc_tf.models.encoders import PatchEncoder, patch_grid_model
+from cpc_tf.rundir import artifacts
 
 KINDS = ("image", "features", "patches")
 
@@ -50,11 +50,8 @@ def load_encoder(path, kind="image", trainable=True):
     model = keras.saving.load_model(path, compile=False)
     if kind == "patches":
         if len(model.input_shape) != 6:
-            inputs = keras.Input(
-                (None, None) + tuple(model.input_shape[1:]), name="patches"
-            )
-            model = keras.Model(
-                inputs, PatchEncoder(model)(inputs), name="cpc_encoder"
+            model = patch_grid_model(
+                PatchEncoder(model), (None, None) + model.input_shape[1:]
             )
     else:
         if len(model.input_shape) == 6:

@@ -3,21 +3,12 @@
 import keras
 import numpy as np
 import pytest
+from helpers import SMALL_BACKBONE
 from keras import ops
 
-from cpc_tf import encoders
-from cpc_tf.context import DIRECTIONS
-from cpc_tf.model import CPC, build_cpc
-
-TINY_BACKBONE = dict(
-    blocks=(1,),
-    widths=(8,),
-    output_widths=(16,),
-    stem_width=8,
-    stem_kernel=3,
-    stem_stride=2,
-    stem_pool=False,
-)
+from cpc_tf.models import encoders
+from cpc_tf.models.context import DIRECTIONS
+from cpc_tf.models.cpc import CPC, build_cpc
 
 
 def tiny_cpc(**kwargs):
@@ -25,7 +16,7 @@ def tiny_cpc(**kwargs):
     kwargs.setdefault("context_blocks", 2)
     kwargs.setdefault("target_dim", 8)
     return build_cpc(
-        encoders.resnet_v2(**TINY_BACKBONE), (8, 8, 3), (5, 5), **kwargs
+        encoders.resnet_v2(**SMALL_BACKBONE), (8, 8, 3), (5, 5), **kwargs
     )
 
 

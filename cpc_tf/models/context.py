@@ -12,7 +12,7 @@ rotated so that the direction of prediction points down the H axis.
 import keras
 from keras import layers, ops
 
-DIRECTIONS = ("down", "up", "left", "right")
+from cpc_tf.config.model import DIRECTIONS
 
 
 def rotate_to_down(grid, direction):

@@ -8,10 +8,11 @@ to import one.
 
 import math
 
-from cpc_tf import encoders, trainer
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.data import pipeline
-from cpc_tf.model import CPC
+from cpc_tf.models import encoders
+from cpc_tf.models.cpc import CPC
+from cpc_tf.training import trainer
 
 
 def augment_config(data):

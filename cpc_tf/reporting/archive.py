@@ -37,9 +37,9 @@ import os
 
 import tensorflow as tf
 
-from cpc_tf import artifacts, checkpoints
+from cpc_tf.rundir import artifacts
+from cpc_tf.training import checkpoints
 
-RESULTS_FILE = "results.json"
 REPORT_FILES = ("report.json", "report.md", "report.png", "knn.png")
 CONFIG_SUFFIXES = (".cfg",)
 STAGE_SUFFIXES = (".json", ".txt")
@@ -65,7 +65,7 @@ def _finished(stage_dir):
     return any(
         artifacts.read_record(os.path.join(stage_dir, name), (key,)) is not None
         for name, key in (
-            (RESULTS_FILE, "top1"),
+            (artifacts.RESULTS_FILE, "top1"),
             (artifacts.SUMMARY_FILE, "steps"),
         )
     )

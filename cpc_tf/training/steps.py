@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cpc_tf import distribute
+from cpc_tf.training import distribute
 
 
 def _value(variable):

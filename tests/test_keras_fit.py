@@ -1,13 +1,14 @@
-"""The CPC task, and Keras `fit` running the trainer's step."""
+"""`CPCPretrainer`: Keras `fit` running the trainer's own step."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_tiny_cpc
+from helpers import make_tiny_cpc
 
-from cpc_tf import trainer
-from cpc_tf.tasks import CPCTask
+from cpc_tf.training import trainer
+from cpc_tf.training.keras_fit import CPCPretrainer
+from cpc_tf.training.tasks import CPCTask
 
 
 def patch_batches(count=24):
@@ -46,7 +47,7 @@ def test_fit_equals_the_trainer(
     result = loop.fit(lambda ctx: patch_batches().batch(8 // replicas))
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        fitted = make_tiny_cpc()
+        fitted = CPCPretrainer(make_tiny_cpc())
         fitted.compile(
             keras.optimizers.Adam(1e-3),
             negatives=negatives,
@@ -66,7 +67,7 @@ def test_fit_clips_the_summed_gradient(two_replicas):
     # SGD with lr 1: one step of fit moves the weights by the clip norm.
     keras.utils.set_random_seed(0)
     with two_replicas.scope():
-        model = make_tiny_cpc()
+        model = CPCPretrainer(make_tiny_cpc())
         model.compile(keras.optimizers.SGD(1.0), clip_global_norm=0.01)
     before = [v.numpy() for v in model.trainable_variables]
     model.fit(patch_batches(8).batch(8), epochs=1, verbose=0)
@@ -77,3 +78,16 @@ def test_fit_clips_the_summed_gradient(two_replicas):
         )
     )
     np.testing.assert_allclose(moved, 0.01, rtol=1e-4)
+
+
+def test_the_pretrainer_round_trips_through_keras(tmp_path):
+    pretrainer = CPCPretrainer(make_tiny_cpc())
+    path = str(tmp_path / "pretrainer.keras")
+    pretrainer.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert isinstance(loaded, CPCPretrainer)
+    batch = next(iter(patch_batches(2).batch(2)))
+    expected = pretrainer.cpc.total_loss(pretrainer(batch))
+    np.testing.assert_allclose(
+        loaded.cpc.total_loss(loaded(batch)), expected, rtol=1e-6
+    )

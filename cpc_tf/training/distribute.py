@@ -129,7 +129,7 @@ def skip_gradient_aggregation(optimizer):
             raise TypeError(
                 f"{type(target).__name__} has no _all_reduce_sum_gradients: "
                 "this Keras version aggregates gradients differently; "
-                "cpc_tf.distribute.apply_gradients needs updating."
+                "cpc_tf.training.distribute.apply_gradients needs updating."
             )
         target._all_reduce_sum_gradients = _identity
         target._cpc_skips_aggregation = True

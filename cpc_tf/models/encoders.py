@@ -20,7 +20,7 @@ import dataclasses
 import keras
 from keras import layers, ops
 
-NORMALIZATIONS = ("layer", "batch", "group", "none")
+from cpc_tf.config.model import NORMALIZATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,3 +383,18 @@ class PatchEncoder(layers.Layer):
             config["backbone"]
         )
         return cls(**config)
+
+
+def patch_grid_model(encoder, grid_shape, name="cpc_encoder"):
+    """A functional `keras.Model` of a `PatchEncoder` on patch grids.
+
+    Args:
+        encoder: a `PatchEncoder`.
+        grid_shape: `(gh, gw, ph, pw, C)` of its inputs (None for any).
+
+    Returns:
+        `[B, gh, gw, ph, pw, C]` -> `[B, gh, gw, D]`, input named
+        "patches" (how `encoder.keras` is saved).
+    """
+    inputs = keras.Input(tuple(grid_shape), name="patches")
+    return keras.Model(inputs, encoder(inputs), name=name)

@@ -16,11 +16,9 @@ import functools
 import keras
 import tensorflow as tf
 
-from cpc_tf import distribute, preemption
-from cpc_tf.config import FlagError
+from cpc_tf.config import HOLDOUT, FlagError
 from cpc_tf.data import sources
-
-HOLDOUT = "holdout"
+from cpc_tf.training import distribute, preemption
 
 
 def entry_point(main):

@@ -4,13 +4,13 @@
 of float32 scalars: `loss_<direction>` (InfoNCE summed over the predicted
 offsets, as in the appendix pseudocode) and `accuracy_<direction>` (top-1
 accuracy of the positive, averaged over offsets). Training sums the losses
-over directions: `model.compile(optimizer, clip_global_norm=0.01,
-ema_decay=0.9999)` + `model.fit(patches)` trains it exactly as
-`cpc_tf.pretrain` does, because `train_step` runs the trainer's step
-(`cpc_tf.tasks.keras_train_step`, TensorFlow backend, with
-`cpc_tf.steps.replica_step`): one all-reduce,
-the clip of the summed gradient, the update and the Polyak average.
-`model.encoder` is the patch encoder alone.
+over directions (`compute_loss`), so `model.compile(optimizer)` +
+`model.fit(patches)` trains it with Keras's own step on any backend. The
+paper's step (the global norm of the gradient summed over replicas
+clipped, the Polyak average) is the trainer's:
+`cpc_tf.training.keras_fit.CPCPretrainer(model)` runs it under `fit`,
+exactly as `cpc_tf.pretrain` does. `model.encoder` is the patch encoder
+alone.
 
 Each direction has its own head (context network, target projection and one
 predictor per offset) unless `share_context=True`, in which case one head
@@ -21,9 +21,9 @@ grid rotated by a multiple of 90 degrees (`context.rotate_to_down`).
 import keras
 from keras import layers, ops
 
-from cpc_tf import losses
-from cpc_tf.context import DIRECTIONS, PixelCNN, rotate_to_down
-from cpc_tf.encoders import PatchEncoder
+from cpc_tf.models import losses
+from cpc_tf.models.context import DIRECTIONS, PixelCNN, rotate_to_down
+from cpc_tf.models.encoders import PatchEncoder
 
 
 def validate_cpc_args(directions, steps_to_ignore, steps_to_predict, grid):
@@ -219,39 +219,6 @@ class CPC(keras.Model):
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         return self.total_loss(y_pred) + sum(self.losses)
-
-    def compile(
-        self,
-        optimizer="adam",
-        clip_global_norm=0.0,
-        ema_decay=0.0,
-        negatives="local",
-        **kwargs,
-    ):
-        """Keras `compile` with the paper's training options.
-
-        Args:
-            optimizer: a Keras optimizer (or its name).
-            clip_global_norm: clip the global norm of the gradient summed
-                over replicas (the paper: 0.01; 0 = off).
-            ema_decay: Polyak averaging of the weights with warm-up (the
-                paper: 0.9999; 0 = off); `model.polyak.swapped()` puts the
-                averages into the weights. Build the model first.
-            negatives: "local" (this replica's batch) or "global" (every
-                replica's targets).
-            **kwargs: for `keras.Model.compile` (e.g. `steps_per_execution`).
-        """
-        super().compile(optimizer=optimizer, **kwargs)
-        from cpc_tf import tasks
-
-        tasks.prepare_keras_training(
-            self, clip_global_norm, ema_decay, negatives
-        )
-
-    def train_step(self, data):
-        from cpc_tf import tasks
-
-        return tasks.keras_train_step(self, data)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for name, tracker in self.trackers.items():
