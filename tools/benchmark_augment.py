@@ -22,7 +22,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import tensorflow as tf  # noqa: E402
 
-from cpc_tf import data, machine  # noqa: E402
+from cpc_tf import data  # noqa: E402
+from cpc_tf.training import machine
 
 CIFAR10 = "tfrecord:/work/shared/data/cifar10/train-*.tfrecord"
 DEMO = dict(image_size=32, crop_size=28, patch_size=8, patch_stride=4)

@@ -43,10 +43,10 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from cpc_tf import builders, distribute, machine, trainer  # noqa: E402
-from cpc_tf import flags as cpc_flags  # noqa: E402
-from cpc_tf.optimizers import make_optimizer  # noqa: E402
-from cpc_tf.tasks import CPCTask  # noqa: E402
+from cpc_tf.config import flags as cpc_flags  # noqa: E402
+from cpc_tf.training import builders, distribute, machine, trainer  # noqa: E402
+from cpc_tf.training.optimizers import make_optimizer  # noqa: E402
+from cpc_tf.training.tasks import CPCTask  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO = ["/cpu:0", "/cpu:1"]

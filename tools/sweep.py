@@ -28,7 +28,7 @@ import time
 import tensorflow as tf
 from absl import app, flags
 
-from cpc_tf import artifacts
+from cpc_tf.rundir import artifacts
 
 
 def define_flags():
