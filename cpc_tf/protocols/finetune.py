@@ -273,11 +273,6 @@ def run_from_flags(flag_values, verbose=True):
     return run(parse_config(flag_values), verbose=verbose)
 
 
-def describe(results, flag_values):
-    """The line the entry point prints at the end."""
-    return evaluation.describe(results, flag_values.model_dir)
-
-
 def define_flags(flag_values):
     """Defines this entry point's flags with its defaults."""
     cpc_flags.define_protocol_flags(

@@ -236,11 +236,6 @@ def run_from_flags(flag_values, verbose=True):
     return run(config, verbose=verbose, explicit=explicit)
 
 
-def describe(results, flag_values):
-    """The line the entry point prints at the end."""
-    return evaluation.describe(results, flag_values.model_dir)
-
-
 def define_flags(flag_values):
     """Defines this entry point's flags with its defaults."""
     cpc_flags.define_protocol_flags(

@@ -27,7 +27,6 @@ from cpc_tf.evaluation import monitor
 from cpc_tf.protocols import runtime
 from cpc_tf.rundir import artifacts, splits
 from cpc_tf.training import builders, distribute, preemption, trainer
-from cpc_tf.training.optimizers import make_optimizer
 from cpc_tf.training.tasks import CPCTask
 
 
@@ -46,14 +45,8 @@ def patch_mosaic(patches):
     return mosaic[None]
 
 
-def _log_sample_patches(config, writer, ids):
-    sample, _ = builders.pretrain_patches(
-        config.data,
-        1,
-        config.run.seed,
-        ids=None if ids is None else ids[:64],
-        shuffle_buffer=1,
-    )
+def _log_sample_patches(sample, writer):
+    """One augmented patch grid of `sample` (a dataset) in TensorBoard."""
     patches = next(iter(sample))
     with writer.as_default(step=0):
         tf.summary.image(
@@ -105,31 +98,31 @@ def run(config, verbose=True, strategy=None):
     model_dir = runtime.prepare_model_dir(run_config.model_dir)
     _, _, is_chief, workers = distribute.cluster_task(strategy)
     ids, record = splits.pretraining_ids(data, model_dir, write=is_chief)
-    steps = builders.total_steps(run_config, record["train_examples"])
     preemption.check(workers)
     with runtime.session(run_config, strategy) as strategy:
         if is_chief:
             config.to_json(os.path.join(model_dir, artifacts.CONFIG_FILE))
         with strategy.scope():
-            model = builders.build_cpc_model(config)
-            optimizer = make_optimizer(
-                config.optim, steps, run_config.mixed_precision
+            parts = builders.pretraining(
+                config, record["train_examples"], verbose
             )
-        task = CPCTask(model, optimizer, run_config.negatives)
-        loop = trainer.Trainer(
-            strategy,
-            task,
-            builders.trainer_options(
-                run_config, config.optim, steps, verbose=verbose
-            ),
-        )
-        if loop.restore() == 0 and is_chief:
-            _log_sample_patches(config, loop.writer(), ids)
-        preemption.check(workers)
+        steps, model = parts.steps, parts.model
+        task = CPCTask(model, parts.optimizer, run_config.negatives)
+        loop = trainer.Trainer(strategy, task, parts.options)
         hooks = _knn_hooks(config, loop, model, ids, record, verbose)
         dataset_fn = builders.pretrain_dataset_fn(
             data, run_config, lambda: int(loop.step.numpy()), ids
         )
+        if loop.restore() == 0 and is_chief:
+            sample, _ = builders.pretrain_patches(
+                data,
+                1,
+                run_config.seed,
+                ids=None if ids is None else ids[:64],
+                shuffle_buffer=1,
+            )
+            _log_sample_patches(sample, loop.writer())
+        preemption.check(workers)
         wall_start = time.perf_counter()
         result = loop.fit(dataset_fn, hooks=hooks)
         if result["preempted"]:

@@ -10,7 +10,8 @@ import arrows show who runs what:
   runs; returns its summary or results dict (None if it has nothing to
   report);
 - `describe(result, flag_values)`: the last line its entry point prints
-  (None: print nothing).
+  (None: print nothing); the evaluations share `evaluation.describe`'s
+  (the headline numbers and where they are).
 
 `get(name)` gives one; `NAMES` lists them. The entry point of a protocol
 is `python -m cpc_tf.<name>`.
@@ -19,6 +20,7 @@ is `python -m cpc_tf.<name>`.
 import dataclasses
 from collections.abc import Callable
 
+from cpc_tf import evaluation
 from cpc_tf.config import FlagError
 from cpc_tf.protocols import finetune, linear, pretrain, supervised
 
@@ -48,14 +50,16 @@ def entry_point(name):
     return f"cpc_tf.{name}"
 
 
-def _protocol(name, module):
-    return Protocol(
-        name, module.define_flags, module.run_from_flags, module.describe
-    )
+def _results_line(results, flag_values):
+    return evaluation.describe(results, flag_values.model_dir)
+
+
+def _protocol(name, module, describe=_results_line):
+    return Protocol(name, module.define_flags, module.run_from_flags, describe)
 
 
 _PROTOCOLS = {
-    "pretrain": _protocol("pretrain", pretrain),
+    "pretrain": _protocol("pretrain", pretrain, pretrain.describe),
     "linear_eval": _protocol("linear_eval", linear),
     "finetune": _protocol("finetune", finetune),
     "supervised": _protocol("supervised", supervised),

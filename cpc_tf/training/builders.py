@@ -6,13 +6,17 @@ dataclasses, so that entry points stay thin and no library module needs
 to import one.
 """
 
+import dataclasses
 import math
+
+import keras
 
 from cpc_tf.data import augment as augment_lib
 from cpc_tf.data import pipeline
 from cpc_tf.models import encoders
 from cpc_tf.models.cpc import CPC
 from cpc_tf.training import trainer
+from cpc_tf.training.optimizers import make_optimizer
 
 
 def augment_config(data):
@@ -144,3 +148,24 @@ def pretrain_dataset_fn(data, run, steps_done, ids=None):
 
     dataset_fn.infos = []
     return dataset_fn
+
+
+@dataclasses.dataclass
+class Pretraining:
+    """What a pretraining run trains: its step count, trainer options,
+    optimizer and CPC model."""
+
+    steps: int
+    options: trainer.TrainerOptions
+    optimizer: keras.optimizers.Optimizer
+    model: CPC
+
+
+def pretraining(config, train_examples, verbose=True):
+    """The `Pretraining` of `config` (a `PretrainConfig`) over
+    `train_examples` images; build it inside `strategy.scope()`."""
+    run = config.run
+    steps = total_steps(run, train_examples)
+    options = trainer_options(run, config.optim, steps, verbose=verbose)
+    optimizer = make_optimizer(config.optim, steps, run.mixed_precision)
+    return Pretraining(steps, options, optimizer, build_cpc_model(config))

@@ -27,6 +27,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import TINY_BACKBONE  # noqa: E402
+
 from cpc_tf.models import encoders
 from cpc_tf.models.cpc import build_cpc  # noqa: E402
 from cpc_tf.training import distribute, preemption, trainer  # noqa: E402
@@ -55,15 +58,7 @@ def main(model_dir, weights_path, strategy_name, pause, steps, every):
     strategy = distribute.make_strategy(strategy_name)
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        backbone = encoders.resnet_v2(
-            blocks=(1,),
-            widths=(4,),
-            output_widths=(8,),
-            stem_width=4,
-            stem_kernel=3,
-            stem_stride=2,
-            stem_pool=False,
-        )
+        backbone = encoders.resnet_v2(**TINY_BACKBONE)
         model = build_cpc(
             backbone,
             (8, 8, 3),
