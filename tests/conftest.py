@@ -4,7 +4,8 @@ Fixtures:
 - `two_replicas`: the process's one `MirroredStrategy` on the two logical
   CPUs (TF 2.21 cannot run the collectives of two in-process instances).
 - `tiny_cpc_task`: a factory of a tiny CPC `CPCTask` (4x4 grid of 8x8
-  patches, two directions), `negatives` and optimizer as arguments.
+  patches, two directions), `negatives`, optimizer and `microbatches` as
+  arguments.
 
 The shared constants and builders (tiny backbones, the tiny CPC, the tiny
 pretrained run, `ROOT`) are in `helpers.py`.
@@ -49,11 +50,12 @@ def two_replicas():
 def tiny_cpc_task():
     from cpc_tf.training.tasks import CPCTask
 
-    def make(negatives="local", optimizer=None):
+    def make(negatives="local", optimizer=None, microbatches=1):
         return CPCTask(
             helpers.make_tiny_cpc(),
             optimizer or keras.optimizers.SGD(0.5),
             negatives,
+            microbatches=microbatches,
         )
 
     return make

@@ -91,3 +91,19 @@ def test_the_pretrainer_round_trips_through_keras(tmp_path):
     np.testing.assert_allclose(
         loaded.cpc.total_loss(loaded(batch)), expected, rtol=1e-6
     )
+
+
+def test_fit_in_microbatches_equals_fit_on_the_whole_batch():
+    weights = []
+    for microbatches in (1, 2):
+        keras.utils.set_random_seed(0)
+        model = CPCPretrainer(make_tiny_cpc())
+        model.compile(
+            keras.optimizers.Adam(1e-3),
+            clip_global_norm=0.01,
+            microbatches=microbatches,
+        )
+        model.fit(patch_batches(16).batch(8), epochs=1, verbose=0)
+        weights.append([v.numpy() for v in model.trainable_variables])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -144,7 +144,7 @@ def step_collectives(strategy, make_task, data, model_dir):
     return sum(collective_ops(traced).values())
 
 
-@pytest.mark.parametrize("kind", ["regression", "cpc_global"])
+@pytest.mark.parametrize("kind", ["regression", "cpc_global", "cpc_micro"])
 def test_one_all_reduce_per_step(
     tmp_path, two_replicas, tiny_cpc_task, monkeypatch, kind
 ):
@@ -152,7 +152,10 @@ def test_one_all_reduce_per_step(
         make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
         data = regression_data()
     else:
-        make = lambda: tiny_cpc_task("global")  # noqa: E731
+        # Micro-batches: the same collectives (the gather runs once, on
+        # the whole replica batch's latents).
+        microbatches = 2 if kind == "cpc_micro" else 1
+        make = lambda: tiny_cpc_task("global", microbatches=microbatches)  # noqa: E731
         data = patch_data()
     # One packed all-reduce of every gradient (with the loss, metrics and
     # stop flag), launched once per replica; global negatives add the one

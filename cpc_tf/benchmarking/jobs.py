@@ -119,7 +119,12 @@ class _Run:
             keras.utils.set_random_seed(config.run.seed)
             self.model = builders.build_cpc_model(config)
             optimizer = make_optimizer(config.optim, total_steps)
-        task = CPCTask(self.model, optimizer, config.run.negatives)
+        task = CPCTask(
+            self.model,
+            optimizer,
+            config.run.negatives,
+            microbatches=config.run.microbatches,
+        )
         # Model FLOPs: count the one-chunk loss, whose matmuls the profiler
         # sees (a chunked loss runs them in loops, and recomputes them).
         chunk_size = self.model.loss_chunk_size

@@ -63,6 +63,13 @@ class PretrainConfig:
     knn: KnnConfig = dataclasses.field(default_factory=KnnConfig)
 
     def __post_init__(self):
+        if self.run.microbatches > 1 and self.model.norm == "batch":
+            flag_error(
+                "microbatches",
+                "needs an encoder without batch statistics (--norm=layer, "
+                "group or none): batch normalisation makes each image's "
+                "features depend on its micro-batch.",
+            )
         grid = self.data.grid_size
         if self.model.steps_to_predict >= grid:
             flag_error(

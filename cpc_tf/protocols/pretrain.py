@@ -107,7 +107,12 @@ def run(config, verbose=True, strategy=None):
                 config, record["train_examples"], verbose
             )
         steps, model = parts.steps, parts.model
-        task = CPCTask(model, parts.optimizer, run_config.negatives)
+        task = CPCTask(
+            model,
+            parts.optimizer,
+            run_config.negatives,
+            microbatches=run_config.microbatches,
+        )
         loop = trainer.Trainer(strategy, task, parts.options)
         hooks = _knn_hooks(config, loop, model, ids, record, verbose)
         dataset_fn = builders.pretrain_dataset_fn(

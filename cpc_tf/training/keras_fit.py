@@ -33,6 +33,7 @@ class CPCPretrainer(keras.Model):
         self.cpc = cpc
         self.clip_global_norm = 0.0
         self.negatives = "local"
+        self.microbatches = 1
         self.polyak = None
         self.built = cpc.built
 
@@ -49,6 +50,7 @@ class CPCPretrainer(keras.Model):
         clip_global_norm=0.0,
         ema_decay=0.0,
         negatives="local",
+        microbatches=1,
         **kwargs,
     ):
         """Keras `compile` with the paper's training options.
@@ -61,6 +63,8 @@ class CPCPretrainer(keras.Model):
                 paper: 0.9999; 0 = off).
             negatives: "local" (this replica's batch) or "global" (every
                 replica's targets).
+            microbatches: encode each replica's batch in this many slices
+                (exact: `tasks.CPCTask`).
             **kwargs: for `keras.Model.compile` (e.g. `steps_per_execution`).
         """
         if negatives not in ("local", "global"):
@@ -70,6 +74,7 @@ class CPCPretrainer(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         self.clip_global_norm = clip_global_norm
         self.negatives = negatives
+        self.microbatches = microbatches
         self.polyak = None
         if ema_decay:
             self.polyak = steps.PolyakAverage(
@@ -80,7 +85,9 @@ class CPCPretrainer(keras.Model):
 
     def train_step(self, data):
         """The trainer's step, in replica context; the running metrics."""
-        task = CPCTask(self.cpc, self.optimizer, self.negatives)
+        task = CPCTask(
+            self.cpc, self.optimizer, self.negatives, self.microbatches
+        )
         loss, terms, norm, _, _ = steps.replica_step(
             task,
             task.optimizer_groups(),

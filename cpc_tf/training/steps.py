@@ -104,21 +104,36 @@ class Task:
         """Variables to Polyak-average (default: all trainable ones)."""
         return self.model.trainable_variables
 
+    def gradients(self, groups, batch, loss_scale=None):
+        """`(grads, loss, metrics)`: `compute_gradients` unless a task
+        computes them its own way (e.g. in micro-batches)."""
+        return compute_gradients(self, groups, batch, loss_scale)
+
+
+def loss_share(task, loss, loss_scale=None):
+    """This replica's share of `loss`: divided by the replicas (a
+    per-replica mean) or the loss itself (`task.global_loss`), times the
+    loss scale if any."""
+    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    share = loss if task.global_loss else loss / replicas
+    if loss_scale is not None:
+        share = share * tf.cast(loss_scale, share.dtype)
+    return share
+
 
 def compute_gradients(task, groups, batch, loss_scale=None):
-    """`(grads, loss, metrics)` of this replica's share of the loss.
-
-    The share is the loss divided by the replicas (a per-replica mean) or
-    the loss itself (`task.global_loss`), times the loss scale if any.
-    """
-    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    """`(grads, loss, metrics)` of this replica's share of the loss
+    (`loss_share`), one gradient per variable of `groups`, in order."""
     variables = [v for g in groups for v in g.variables]
     with tf.GradientTape() as tape:
         loss, metrics = task.compute(batch, training=True)
-        share = loss if task.global_loss else loss / replicas
-        if loss_scale is not None:
-            share = share * tf.cast(loss_scale, share.dtype)
+        share = loss_share(task, loss, loss_scale)
     return tape.gradient(share, variables), loss, metrics
+
+
+def task_gradients(task, groups, batch, loss_scale=None):
+    """`task.gradients`: the gradients as the task computes them."""
+    return task.gradients(groups, batch, loss_scale)
 
 
 def replica_step(
@@ -130,10 +145,10 @@ def replica_step(
     clip_norm=0.0,
     ema=None,
     loss_scaling=False,
-    gradients_fn=compute_gradients,
+    gradients_fn=task_gradients,
 ):
     """The training step, in replica context; shared by `Trainer` and
-    `model.CPC.train_step` (Keras `fit`).
+    `keras_fit.CPCPretrainer.train_step` (Keras `fit`).
 
     Gradients of the task's loss, one all-reduce (with the loss, metrics
     and the stop flag packed in), each group clipped and applied

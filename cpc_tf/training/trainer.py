@@ -36,6 +36,7 @@ from cpc_tf.training.steps import (  # noqa: F401 (the trainer's public names)
     Task,
     compute_gradients,
     replica_step,
+    task_gradients,
 )
 
 
@@ -137,16 +138,14 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = self._checkpoint_manager()
         self.resumed = None
-        self._gradients_fn = compute_gradients
+        self._gradients_fn = task_gradients
         compile_pieces = getattr(task, "compile_around_collectives", None)
         if options.jit_compile and not (compile_pieces and compile_pieces()):
             # XLA compiles the forward and backward passes; the collective
             # and the update stay outside (TF cannot put a CPU collective
             # inside an XLA cluster; TPUStrategy compiles the whole step).
             compiled = tf.function(
-                lambda batch, scale: compute_gradients(
-                    task, self.groups, batch, scale
-                ),
+                lambda batch, scale: task.gradients(self.groups, batch, scale),
                 jit_compile=True,
             )
             self._gradients_fn = lambda task, groups, batch, scale: compiled(
