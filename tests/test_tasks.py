@@ -110,3 +110,29 @@ def test_a_batch_normalised_encoder_is_refused():
             steps_to_predict=2,
         )
         CPCTask(model, keras.optimizers.SGD(0.1), microbatches=2)
+
+
+def test_loss_scaling_scales_the_latent_gradient_alike(tmp_path):
+    # The float16 path: the loss scale multiplies the share whose gradient
+    # reaches the latents, and the optimizer unscales the summed result.
+    runs = [
+        run_steps(
+            tf.distribute.get_strategy(),
+            lambda k=k: CPCTask(
+                make_tiny_cpc(),
+                keras.optimizers.LossScaleOptimizer(
+                    keras.optimizers.Adam(1e-3)
+                ),
+                microbatches=k,
+            ),
+            patch_data(),
+            tmp_path / f"k{k}",
+            steps=2,
+            loss_scaling=True,
+        )
+        for k in (1, 2)
+    ]
+    (initial, whole, _, _), (_, sliced, _, _) = runs
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, whole))
+    for a, b in zip(sliced, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
