@@ -62,13 +62,7 @@ def _files(directory):
 def _finished(stage_dir):
     """A finished stage's record reads back whole (a damaged one is an
     unfinished stage: it is re-run, never archived as finished)."""
-    return any(
-        artifacts.read_record(os.path.join(stage_dir, name), (key,)) is not None
-        for name, key in (
-            (artifacts.RESULTS_FILE, "top1"),
-            (artifacts.SUMMARY_FILE, "steps"),
-        )
-    )
+    return artifacts.finished(stage_dir)
 
 
 def _latest_checkpoint_files(directory):

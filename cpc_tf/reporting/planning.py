@@ -176,5 +176,5 @@ def stage_record_path(stage):
 def stage_done(stage):
     """Whether `stage` finished: its record exists and reads back whole
     (a damaged `results.json` or `summary.json` is re-run, not trusted)."""
-    required = ("top1",) if stage.method != "pretrain" else ("steps",)
-    return artifacts.read_record(stage_record_path(stage), required) is not None
+    path = stage_record_path(stage)
+    return artifacts.finished(os.path.dirname(path), (os.path.basename(path),))

@@ -70,6 +70,20 @@ def read_record(path, required=()):
     return values
 
 
+# The records that say a run finished, and the keys a whole one has.
+FINISHED_RECORDS = {RESULTS_FILE: ("top1",), SUMMARY_FILE: ("steps",)}
+
+
+def finished(directory, names=tuple(FINISHED_RECORDS)):
+    """Whether one of the `FINISHED_RECORDS` `names` in `directory` reads
+    back whole (a damaged one means the run must run again)."""
+    return any(
+        read_record(os.path.join(directory, name), FINISHED_RECORDS[name])
+        is not None
+        for name in names
+    )
+
+
 def set_aside(path, suffix=".damaged"):
     """Renames a damaged file to `path + suffix` (a new name each time, so
     nothing is lost); returns the new path, or None if `path` is absent."""

@@ -105,34 +105,37 @@ def _reason(error):
     return f"{type(error).__name__}: {lines[0][:300]}"
 
 
-def try_restore(checkpoint, path, written=False):
-    """Restores `path` into `checkpoint` (`written`: a checkpoint of
-    `Checkpoint.write`, read without its save counter); None, or why it
-    failed."""
+def _attempt(path, read):
+    """None when `read()` reads checkpoint `path` whole, or why not."""
     if not tf.io.gfile.exists(path + ".index"):
         return "no .index file"
-    load = checkpoint.read if written else checkpoint.restore
     try:
-        load(path).assert_existing_objects_matched()
+        read()
     except Exception as error:  # noqa: BLE001 (any failure: next one)
         return _reason(error)
     return None
 
 
+def try_restore(checkpoint, path, written=False):
+    """Restores `path` into `checkpoint` (`written`: a checkpoint of
+    `Checkpoint.write`, read without its save counter); None, or why it
+    failed."""
+    load = checkpoint.read if written else checkpoint.restore
+    return _attempt(path, lambda: load(path).assert_existing_objects_matched())
+
+
+def _read_every_tensor(path):
+    # Not `tf.train.load_checkpoint`: on `ram://` a prefix passes for a
+    # directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(path)
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)
+
+
 def verify(path):
     """Reads every tensor of checkpoint `path`; None, or why it failed
     (for checkpoints with no model to restore into, e.g. archiving)."""
-    if not tf.io.gfile.exists(path + ".index"):
-        return "no .index file"
-    try:
-        # Not `tf.train.load_checkpoint`: on `ram://` a prefix passes for
-        # a directory.
-        reader = tf.compat.v1.train.NewCheckpointReader(path)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-    except Exception as error:  # noqa: BLE001
-        return _reason(error)
-    return None
+    return _attempt(path, lambda: _read_every_tensor(path))
 
 
 def newest_readable(directory):
@@ -236,7 +239,6 @@ def resume(
         CheckpointError: checkpoints exist but none restores.
     """
     record = dict(restored=None, damaged=[], replaced=[])
-    steps = candidates(directory)
     if restart:
         if is_chief:
             record["replaced"] = move_aside(
@@ -248,6 +250,7 @@ def resume(
         return record
     chosen, failures = 0, []
     if is_chief:
+        steps = candidates(directory)
         chosen = -1 if steps else 0
         for step in steps:
             path = path_of(directory, step)
