@@ -129,12 +129,20 @@ SMALL_BACKBONE = dict(
 )
 
 
-def make_tiny_cpc():
-    """A built tiny CPC model for `[B, 4, 4, 8, 8, 3]` patch grids."""
+# Two stacks of two blocks: for tests that cut the backbone into blocks.
+TWO_STACK_BACKBONE = dict(
+    TINY_BACKBONE, blocks=(2, 2), widths=(4, 4), output_widths=(8, 8)
+)
+
+
+def make_tiny_cpc(backbone=None, remat="none"):
+    """A built tiny CPC model for `[B, 4, 4, 8, 8, 3]` patch grids
+    (`backbone`: `resnet_v2` arguments, default `TINY_BACKBONE`)."""
     return build_cpc(
-        encoders.resnet_v2(**TINY_BACKBONE),
+        encoders.resnet_v2(**(backbone or TINY_BACKBONE)),
         (8, 8, 3),
         (4, 4),
+        remat=remat,
         directions=("down", "right"),
         steps_to_ignore=1,
         steps_to_predict=2,

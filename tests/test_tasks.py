@@ -7,8 +7,7 @@ import pytest
 import tensorflow as tf
 from helpers import FAST, ROOT, make_tiny_cpc, parse, run_steps
 
-from cpc_tf.config import FlagError, RunConfig
-from cpc_tf.protocols import runtime
+from cpc_tf.config import FlagError
 from cpc_tf.training.tasks import CPCTask
 
 
@@ -78,13 +77,6 @@ def test_microbatched_updates_equal_whole_batch_updates(
             np.testing.assert_allclose(
                 a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6
             )
-
-
-def test_a_batch_the_microbatches_do_not_divide_names_the_flag():
-    run = RunConfig(batch_size=4, microbatches=3)
-    with pytest.raises(FlagError, match="--microbatches: 3"):
-        with runtime.session(run):
-            pass
 
 
 def test_a_batch_normalised_encoder_is_refused():

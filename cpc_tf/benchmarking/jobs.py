@@ -68,6 +68,14 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _accelerator_memory_mb(key):
+    """TF's `key` ("current" or "peak") memory of the first GPU in MiB,
+    or None without one (a CPU's step memory is its RSS)."""
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")[key] / 2**20
+
+
 def with_available_source(config, stand_in):
     """`config`, reading `stand_in` if its training source will not open."""
     data = config.data
@@ -123,7 +131,7 @@ class _Run:
             self.model,
             optimizer,
             config.run.negatives,
-            microbatches=config.run.microbatches,
+            microbatches=config.memory.microbatches,
         )
         # Model FLOPs: count the one-chunk loss, whose matmuls the profiler
         # sees (a chunked loss runs them in loops, and recomputes them).
@@ -209,12 +217,14 @@ def train_job(config, job):
             for precision in job["precisions"]
         ]
         baseline = _rss_mb()
+        device_baseline = _accelerator_memory_mb("current")
         for _ in range(warmup):
             for run in runs:
                 run.step()
         # Every step allocates alike, so the peak is reached by now, before
         # the matmul samples allocate their operands.
         peak_memory = _peak_rss_mb()
+        device_peak = _accelerator_memory_mb("peak")
         for _ in range(steps):
             for run in runs:
                 run.step()
@@ -226,6 +236,8 @@ def train_job(config, job):
     result = dict(
         peak_memory_mb=peak_memory,
         baseline_memory_mb=baseline,
+        device_peak_memory_mb=device_peak,
+        device_baseline_memory_mb=device_baseline,
         logits_mb=flops_lib.logits_megabytes(config, batch_size),
         parameters=runs[0].model.encoder.count_params(),
         interleaved=len(runs) > 1,

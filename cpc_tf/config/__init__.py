@@ -20,6 +20,7 @@ from cpc_tf.config.base import (
     read_json,
 )
 from cpc_tf.config.data import HOLDOUT, LABEL_FRACTIONS, DataConfig
+from cpc_tf.config.memory import REMAT_MODES, MemoryConfig
 from cpc_tf.config.model import ENCODER_SHAPE_FIELDS, ModelConfig
 from cpc_tf.config.training import (
     PRECISIONS,
@@ -34,7 +35,9 @@ __all__ = [
     "ENCODER_SHAPE_FIELDS",
     "HOLDOUT",
     "LABEL_FRACTIONS",
+    "MemoryConfig",
     "PRECISIONS",
+    "REMAT_MODES",
     "STRATEGIES",
     "WEIGHT_DECAY_TYPES",
     "DataConfig",
@@ -61,9 +64,10 @@ class PretrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     knn: KnnConfig = dataclasses.field(default_factory=KnnConfig)
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
 
     def __post_init__(self):
-        if self.run.microbatches > 1 and self.model.norm == "batch":
+        if self.memory.microbatches > 1 and self.model.norm == "batch":
             flag_error(
                 "microbatches",
                 "needs an encoder without batch statistics (--norm=layer, "

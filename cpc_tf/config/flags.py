@@ -14,6 +14,7 @@ from cpc_tf.config import (
     DataConfig,
     FlagError,
     KnnConfig,
+    MemoryConfig,
     ModelConfig,
     OptimConfig,
     PretrainConfig,
@@ -91,6 +92,7 @@ def define_pretrain_flags(flag_values=FLAGS):
         OptimConfig,
         RunConfig,
         KnnConfig,
+        MemoryConfig,
         flag_values=flag_values,
     )
 

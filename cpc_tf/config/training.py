@@ -85,14 +85,6 @@ class RunConfig:
     min_steps: int = config_field(
         0, "With --epochs: train at least this many steps (small subsets)."
     )
-    microbatches: int = config_field(
-        1,
-        "Encode each replica's batch in this many slices, one after "
-        "another (pretraining): the step's gradient is the whole batch's "
-        "(same negatives), its encoder memory that of one slice, for one "
-        "more forward pass of the encoder. Needs an encoder without batch "
-        "statistics.",
-    )
     steps_per_loop: int = config_field(
         1,
         "Training steps per call of the compiled loop; the NaN check, "
@@ -161,7 +153,6 @@ class RunConfig:
             "log_every",
             "keep_checkpoints",
             "steps_per_loop",
-            "microbatches",
         ):
             if getattr(self, name) < 1:
                 flag_error(name, f"must be >= 1, got {getattr(self, name)}.")

@@ -258,6 +258,7 @@ def build_cpc(
     backbone,
     patch_shape,
     grid,
+    remat="none",
     **cpc_kwargs,
 ):
     """A built `CPC` model around `backbone` for `grid` patch grids.
@@ -266,8 +267,12 @@ def build_cpc(
         backbone: e.g. `encoders.resnet_v2(...)`.
         patch_shape: `(ph, pw, C)`.
         grid: `(gh, gw)`.
+        remat: the encoder's rematerialisation ("none", "blocks",
+            "stages"; see `PatchEncoder`).
         **cpc_kwargs: `CPC` arguments.
     """
-    model = CPC(PatchEncoder(backbone, name="encoder"), **cpc_kwargs)
+    model = CPC(
+        PatchEncoder(backbone, remat=remat, name="encoder"), **cpc_kwargs
+    )
     model.build((None,) + tuple(grid) + tuple(patch_shape))
     return model

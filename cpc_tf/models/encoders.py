@@ -15,12 +15,14 @@ because batch statistics leak information between the patches of a batch.
 BatchNormalization, "none" adds conv biases instead.
 """
 
+import copy
 import dataclasses
 
 import keras
 from keras import layers, ops
 
 from cpc_tf.config.model import NORMALIZATIONS
+from cpc_tf.models import remat as remat_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,11 +349,16 @@ class PatchEncoder(layers.Layer):
         backbone: a model `[N, ph, pw, C]` -> `[N, h, w, D]`, e.g.
             `resnet_v2(...)`. Applied to a whole image it gives that image's
             feature grid.
+        remat: "none", "blocks" or "stages": what the backbone keeps for
+            the backward pass (`cpc_tf.models.remat`); equal values and
+            gradients, less memory for more compute.
     """
 
-    def __init__(self, backbone, **kwargs):
+    def __init__(self, backbone, remat="none", **kwargs):
         super().__init__(**kwargs)
+        remat_lib.check_mode(remat)
         self.backbone = backbone
+        self.remat = remat
 
     def build(self, input_shape):
         self.backbone.build((None,) + tuple(input_shape[3:]))
@@ -359,7 +366,8 @@ class PatchEncoder(layers.Layer):
     def call(self, patches):
         shape = ops.shape(patches)
         flat = ops.reshape(patches, (-1,) + tuple(shape[3:]))
-        features = ops.mean(self.backbone(flat), axis=(1, 2))
+        backbone = remat_lib.rematerialized(self.backbone, self.remat)
+        features = ops.mean(backbone(flat), axis=(1, 2))
         return ops.reshape(
             features, (shape[0], shape[1], shape[2], features.shape[-1])
         )
@@ -374,11 +382,13 @@ class PatchEncoder(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
+        config["remat"] = self.remat
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Keras's deserialization consumes the nested config: use a copy.
+        config = copy.deepcopy(config)
         config["backbone"] = keras.saving.deserialize_keras_object(
             config["backbone"]
         )

@@ -26,7 +26,13 @@ from cpc_tf.data import sources, subsets
 from cpc_tf.evaluation import monitor
 from cpc_tf.protocols import runtime
 from cpc_tf.rundir import artifacts, splits
-from cpc_tf.training import builders, distribute, preemption, trainer
+from cpc_tf.training import (
+    builders,
+    distribute,
+    memory,
+    preemption,
+    trainer,
+)
 from cpc_tf.training.tasks import CPCTask
 
 
@@ -100,6 +106,9 @@ def run(config, verbose=True, strategy=None):
     ids, record = splits.pretraining_ids(data, model_dir, write=is_chief)
     preemption.check(workers)
     with runtime.session(run_config, strategy) as strategy:
+        memory_line = memory.check(config, strategy)
+        if verbose and is_chief:
+            print(memory_line)
         if is_chief:
             config.to_json(os.path.join(model_dir, artifacts.CONFIG_FILE))
         with strategy.scope():
@@ -111,7 +120,7 @@ def run(config, verbose=True, strategy=None):
             model,
             parts.optimizer,
             run_config.negatives,
-            microbatches=run_config.microbatches,
+            microbatches=config.memory.microbatches,
         )
         loop = trainer.Trainer(strategy, task, parts.options)
         hooks = _knn_hooks(config, loop, model, ids, record, verbose)

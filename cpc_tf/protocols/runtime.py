@@ -48,13 +48,7 @@ def session(run, strategy=None):
     """
     if strategy is None:
         strategy = distribute.make_strategy(run.strategy, run.tpu)
-    per_replica = distribute.check_batch_size(strategy, run.batch_size)
-    if per_replica % run.microbatches:
-        raise FlagError(
-            f"--microbatches: {run.microbatches} does not divide the "
-            f"{per_replica} images of each replica (--batch_size "
-            f"{run.batch_size} over {strategy.num_replicas_in_sync})."
-        )
+    distribute.check_batch_size(strategy, run.batch_size)
     keras.utils.set_random_seed(run.seed)
     with dtype_policy(run.dtype_policy):
         yield strategy

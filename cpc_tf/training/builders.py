@@ -45,7 +45,11 @@ def build_cpc_model(config):
     """A built `CPC` model for `config` (a `PretrainConfig`)."""
     data = config.data
     model = CPC(
-        encoders.PatchEncoder(build_backbone(config.model), name="encoder"),
+        encoders.PatchEncoder(
+            build_backbone(config.model),
+            remat=config.memory.remat,
+            name="encoder",
+        ),
         **config.model.cpc_kwargs(),
     )
     grid = data.grid_size
