@@ -15,8 +15,15 @@ V2 = f"--flagfile={ROOT}/flags/v2.cfg"
 # "Memory": v2 = ResNet-161 at the paper's geometry, float32, Zen 4).
 MEASURED_V2_STEPS = [
     # (batch, microbatches, remat, MiB)
-    (2, 1, "none", 6561),
-    (4, 1, "none", 10463),
+    (2, 1, "none", 6543),
+    (4, 1, "none", 10599),
+    (2, 1, "blocks", 4276),
+    (4, 1, "blocks", 6030),
+    (2, 1, "stages", 4316),
+    (4, 1, "stages", 5867),
+    (4, 2, "none", 8333),
+    (4, 4, "blocks", 6336),
+    # 2026-12-07, the session before: the same machine type.
     (2, 2, "none", 6581),
     (4, 4, "none", 7277),
 ]
@@ -38,7 +45,7 @@ def test_the_estimate_reproduces_the_measured_steps(
     config = parse(V2, f"--remat={mode}")
     step = memory.estimate(config)
     predicted = step.total(batch, microbatches) - step.state
-    assert abs(predicted / 2**20 / measured - 1) < 0.12
+    assert abs(predicted / 2**20 / measured - 1) < 0.1
 
 
 def test_remat_and_microbatches_lower_the_estimate():
@@ -123,7 +130,7 @@ def test_the_paper_config_fails_before_the_first_step(tmp_path):
     # 1 TB): one line naming the flags, before the model is built.
     process = cli(
         "--flagfile=flags/v2.cfg",
-        "--train_data=digits",
+        "--train_data=mnist5k:train",
         "--strategy=default",
         f"--model_dir={tmp_path}",
     )
