@@ -5,6 +5,7 @@ import collections
 import json
 import os
 import signal
+import time
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 from helpers import TWO_CPUS, RegressionTask, regression_data, run_steps
 
-from cpc_tf.training import distribute, trainer
+from cpc_tf.training import distribute, preemption, trainer
 
 
 def test_clip_after_sum_two_replicas_equals_one_device(tmp_path):
@@ -139,7 +140,7 @@ def step_collectives(strategy, make_task, data, model_dir):
         lambda ctx: data.batch(4).repeat()
     )
     traced = loop._train_loop.get_concrete_function(
-        iter(dataset), tf.constant(1, tf.int64), tf.constant(0.0)
+        iter(dataset), tf.constant(1, tf.int64)
     )
     return sum(collective_ops(traced).values())
 
@@ -538,3 +539,62 @@ def test_sigterm_inside_a_hook_saves_the_steps_done(tmp_path):
     assert result["stopped_early"] and result["steps"] == 4
     assert loop.latest_checkpoint().endswith("ckpt-4")
     assert "never" not in result["history"]
+
+
+def signalling_batches(loop, at, seen):
+    """The regression batch, forever; producing batch `at` sends SIGTERM
+    to this process, records the steps done then (`seen["step"]`) and
+    returns only once the trainer's stop flag is up, so that the step
+    that consumes it has the flag to read."""
+
+    def produce(index):
+        if int(index) == at:
+            seen["step"] = int(loop.step.numpy())
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not preemption.requested():
+                time.sleep(0.001)
+        return index
+
+    def attach(index, batch):
+        index = tf.py_function(produce, [index], tf.int64)
+        index.set_shape(())
+        x, y = batch
+        return x + tf.cast(index, x.dtype) * 0.0, y
+
+    return regression_data().batch(8).repeat().enumerate().map(attach)
+
+
+def test_sigterm_inside_a_long_loop_stops_after_the_step_in_flight(tmp_path):
+    # 50 steps per compiled call: the flag is read before every step, so
+    # the run stops at most one step past the one in flight when the
+    # signal came, not at the end of the call; it resumes exactly.
+    make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
+    strategy = tf.distribute.get_strategy()
+    uninterrupted = run_steps(
+        strategy,
+        make,
+        regression_data(),
+        tmp_path / "whole",
+        steps=50,
+        steps_per_loop=50,
+    )
+    keras.utils.set_random_seed(0)
+    task = make()
+    options = trainer.TrainerOptions(
+        str(tmp_path / "run"), steps=50, steps_per_loop=50, verbose=False
+    )
+    loop = trainer.Trainer(strategy, task, options)
+    seen = {}
+    result = loop.fit(lambda ctx: signalling_batches(loop, 3, seen))
+    assert result["preempted"] and result["stopped_early"]
+    assert 1 <= result["steps"] <= seen["step"] + 2 <= 5
+    state = tf.train.get_checkpoint_state(tmp_path / "run" / "checkpoints")
+    assert state.model_checkpoint_path.endswith(f"ckpt-{result['steps']}")
+    task = make()
+    resumed = trainer.Trainer(strategy, task, options)
+    assert (
+        resumed.fit(lambda ctx: regression_data().batch(8).repeat())["steps"]
+        == 50
+    )
+    for a, b in zip(task.model.trainable_variables, uninterrupted[1]):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-6, atol=1e-7)

@@ -111,6 +111,13 @@ class RunConfig:
         "resumes from the newest checkpoint that restores, and fails if "
         "none does.",
     )
+    maintenance_url: str = config_field(
+        "auto",
+        "The cloud's maintenance notice to watch (a value other than NONE "
+        "stops training like SIGTERM): auto = the GCE metadata server's "
+        "instance/maintenance-event on a Google Cloud VM or TPU VM; none = "
+        "off; or a URL.",
+    )
     log_every: int = config_field(100, "Steps between TensorBoard summaries.")
     use_ema: bool = config_field(
         True, "Evaluate and export the Polyak-averaged weights."

@@ -87,6 +87,7 @@ def trainer_options(run, optim, steps, model_dir=None, verbose=True):
         steps_per_loop=run.steps_per_loop,
         loss_scaling=run.mixed_precision == "float16",
         restart=run.restart,
+        maintenance_url=run.maintenance_url,
     )
 
 

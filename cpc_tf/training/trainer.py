@@ -61,6 +61,7 @@ class TrainerOptions:
     steps_per_loop: int = 1
     loss_scaling: bool = False
     restart: bool = False
+    maintenance_url: str = "auto"
 
 
 def _learning_rates(groups):
@@ -107,6 +108,13 @@ class Trainer:
             strategy
         )
         self.write_dir = write_directory(options.model_dir, strategy)
+        # Set by SIGTERM's watcher thread (`preemption.on_request`) while a
+        # compiled loop runs; the loop reads it on the host before every
+        # step, so a stop ends the loop after the step in flight.
+        with tf.device("/cpu:0"):
+            self._stop = tf.Variable(
+                0.0, trainable=False, name="stop_requested"
+            )
         with strategy.scope():
             self.step = tf.Variable(
                 0,
@@ -207,12 +215,14 @@ class Trainer:
             gradients_fn=self._gradients_fn,
         )
 
-    def _distributed_loop(self, iterator, steps, stop):
+    def _distributed_loop(self, iterator, steps):
         """Up to `steps` steps; stops early after a step on which any
-        worker asked to stop or the loss or gradient was not finite."""
+        worker asked to stop (the host's flag, read before each step) or
+        the loss or gradient was not finite."""
         first = self.strategy.experimental_local_results
 
         def one_step():
+            stop = self._stop.read_value()
             outputs = self.strategy.run(
                 self._replica_step, args=(next(iterator), stop)
             )
@@ -231,6 +241,12 @@ class Trainer:
                 loss, metrics, norm, finite, stopped = one_step()
                 done += 1
         return loss, metrics, norm, finite, stopped, done
+
+    def train_steps(self, iterator, count):
+        """Runs up to `count` steps in one call of the compiled loop (as
+        `fit` does, without checkpoints, hooks or summaries); returns
+        `(loss, metrics, grad_norm, finite, stopped, steps_done)`."""
+        return self._train_loop(iterator, tf.constant(count, tf.int64))
 
     def _finite(self, loss, norm):
         if self.options.loss_scaling:
@@ -269,7 +285,13 @@ class Trainer:
                     self._summary(start_step, start_step, None, None, {}, 0.0),
                     preempted=True,
                 )
-            return self._fit(dataset_fn, hooks, start_step, history)
+            self._stop.assign(0.0)
+            preemption.watch_maintenance(options.maintenance_url)
+            with preemption.on_request(self._request_stop):
+                return self._fit(dataset_fn, hooks, start_step, history)
+
+    def _request_stop(self):
+        self._stop.assign(1.0)
 
     def _fit(self, dataset_fn, hooks, start_step, history):
         options = self.options
@@ -298,9 +320,7 @@ class Trainer:
                 count = self._loop_length(step)
                 call_start = time.perf_counter()
                 loss, values, norm, finite, stopped, done = self._train_loop(
-                    iterator,
-                    tf.constant(count, tf.int64),
-                    tf.constant(float(preemption.requested())),
+                    iterator, tf.constant(count, tf.int64)
                 )
                 loss, norm = float(loss), float(norm)
                 done, stopped = int(done), bool(stopped)
