@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from helpers import TWO_CPUS, RegressionTask, regression_data, run_steps
 
-from cpc_tf.training import distribute, preemption, trainer
+from cpc_tf.training import distribute, preemption, saving, trainer
 
 
 def test_clip_after_sum_two_replicas_equals_one_device(tmp_path):
@@ -131,10 +131,10 @@ def collective_ops(concrete_function):
     )
 
 
-def step_collectives(strategy, make_task, data, model_dir):
+def step_collectives(strategy, make_task, data, model_dir, **options):
     """All-reduce ops of the first traced step of a 2-replica trainer."""
     _, _, _, loop = run_steps(
-        strategy, make_task, data, model_dir, clip_global_norm=0.01
+        strategy, make_task, data, model_dir, clip_global_norm=0.01, **options
     )
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: data.batch(4).repeat()
@@ -172,6 +172,47 @@ def test_one_all_reduce_per_step(
     assert step_collectives(two_replicas, make, data, tmp_path / "b") > (
         expected
     )
+
+
+def test_a_packed_all_reduce_sums_alike(tmp_path, two_replicas, monkeypatch):
+    # Packs of 4 bytes: every tensor travels in its own collective, and
+    # the step is still one logical all-reduce, with the same sums.
+    make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
+    calls = []
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("options"))
+        return all_reduce(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counted)
+    whole = run_steps(
+        two_replicas, make, regression_data(), tmp_path / "whole", steps=3
+    )
+    packed = run_steps(
+        two_replicas,
+        make,
+        regression_data(),
+        tmp_path / "packed",
+        steps=3,
+        allreduce_pack_mb=4 / 2**20,
+    )
+    assert any(not np.array_equal(a, b) for a, b in zip(packed[0], packed[1]))
+    for a, b in zip(packed[1], whole[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    calls.clear()
+    ops = step_collectives(
+        two_replicas,
+        make,
+        regression_data(),
+        tmp_path / "count",
+        allreduce_pack_mb=4 / 2**20,
+    )
+    # Traced once per replica: one logical all-reduce each, 4-byte packs.
+    assert len(calls) == 2
+    assert {c.bytes_per_pack for c in calls} == {4}
+    # Kernel, bias, the loss and the stop flag: four packs per replica.
+    assert ops == 2 * 4
 
 
 def test_polyak_average_warm_up():
@@ -502,13 +543,15 @@ def test_only_the_chief_writes_the_model_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     # With a chief task, worker 0 is an ordinary worker.
     assert distribute.cluster_task() == ("worker", 0, False, 3)
-    assert trainer.write_directory(str(tmp_path), None) == str(
-        tmp_path / "workertemp_0"
-    )
+    # Its required checkpoints go to the local disk, not the bucket.
+    scratch = saving.write_directory(str(tmp_path), None)
+    assert os.path.isdir(scratch) and not scratch.startswith(str(tmp_path))
+    assert os.path.basename(scratch).startswith("cpc_tf_worker0_")
+    os.rmdir(scratch)
     config["task"] = {"type": "chief", "index": 0}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     assert distribute.cluster_task()[2]
-    assert trainer.write_directory(str(tmp_path), None) == str(tmp_path)
+    assert saving.write_directory(str(tmp_path), None) == str(tmp_path)
     del cluster["chief"]
     config["task"] = {"type": "worker", "index": 0}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))

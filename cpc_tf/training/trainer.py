@@ -14,22 +14,23 @@ guard that never overwrites a good checkpoint, periodic evaluation hooks
 (`training.hooks`), TensorBoard summaries and a console progress bar.
 
 Multi-worker runs write only from the chief: the other workers save their
-(required) checkpoints to a temporary directory beside it and delete it.
+(required) checkpoints to a temporary local directory and delete it
+(`training.saving`, which also writes asynchronously on request).
 """
 
 import contextlib
 import dataclasses
 import math
 import os
-import sys
 import time
 
 import keras
 import tensorflow as tf
 
 from cpc_tf.rundir import artifacts
-from cpc_tf.training import checkpoints, distribute, preemption
+from cpc_tf.training import checkpoints, distribute, preemption, saving
 from cpc_tf.training.hooks import Hook, HookRunner, due, stop_requested  # noqa: F401
+from cpc_tf.training.progress import LoopProgress
 from cpc_tf.training.steps import (  # noqa: F401 (the trainer's public names)
     OptimizerGroup,
     PolyakAverage,
@@ -62,25 +63,8 @@ class TrainerOptions:
     loss_scaling: bool = False
     restart: bool = False
     maintenance_url: str = "auto"
-
-
-def _learning_rates(groups):
-    rates = {}
-    for index, group in enumerate(groups):
-        key = "lr" if len(groups) == 1 else f"lr_{index}"
-        rates[key] = float(
-            keras.ops.convert_to_numpy(group.optimizer.learning_rate)
-        )
-    return rates
-
-
-def write_directory(model_dir, strategy):
-    """Where this process writes: `model_dir` on the chief, else a
-    temporary `workertemp_<id>` directory beside it (TF's convention)."""
-    _, task_id, is_chief, _ = distribute.cluster_task(strategy)
-    if is_chief:
-        return model_dir
-    return os.path.join(model_dir, f"workertemp_{task_id}")
+    async_checkpoint: bool = False
+    allreduce_pack_mb: float = 0.0
 
 
 class Trainer:
@@ -107,7 +91,6 @@ class Trainer:
         _, _, self._is_chief, self._num_workers = distribute.cluster_task(
             strategy
         )
-        self.write_dir = write_directory(options.model_dir, strategy)
         # Set by SIGTERM's watcher thread (`preemption.on_request`) while a
         # compiled loop runs; the loop reads it on the host before every
         # step, so a stop ends the loop after the step in flight.
@@ -144,7 +127,13 @@ class Trainer:
         if self.ema is not None:
             trackables["ema"] = self.ema
         self.checkpoint = tf.train.Checkpoint(**trackables)
-        self.manager = self._checkpoint_manager()
+        self.saver = saving.CheckpointWriter(
+            self.checkpoint,
+            options.model_dir,
+            strategy,
+            options.keep_checkpoints,
+            options.async_checkpoint,
+        )
         self.resumed = None
         self._gradients_fn = task_gradients
         compile_pieces = getattr(task, "compile_around_collectives", None)
@@ -162,12 +151,15 @@ class Trainer:
         self._train_loop = tf.function(self._distributed_loop)
         self._writer = None
 
-    def _checkpoint_manager(self):
-        return tf.train.CheckpointManager(
-            self.checkpoint,
-            os.path.join(self.write_dir, artifacts.CHECKPOINT_DIR),
-            max_to_keep=self.options.keep_checkpoints,
-        )
+    @property
+    def write_dir(self):
+        """Where this process writes (`saving.write_directory`)."""
+        return self.saver.directory
+
+    @property
+    def manager(self):
+        """The `tf.train.CheckpointManager` this process saves with."""
+        return self.saver.manager
 
     def checkpoint_dir(self):
         """`model_dir/checkpoints` (the chief's: every worker reads it)."""
@@ -191,7 +183,7 @@ class Trainer:
                 agree=self._agree_with_chief,
             )
             # The manager reads the state file as `resume` left it.
-            self.manager = self._checkpoint_manager()
+            self.saver.reopen()
         return int(self.step.numpy())
 
     def _agree_with_chief(self, value):
@@ -213,6 +205,7 @@ class Trainer:
             ema=self.ema,
             loss_scaling=self.options.loss_scaling,
             gradients_fn=self._gradients_fn,
+            pack_bytes=self.options.allreduce_pack_mb * 2**20,
         )
 
     def _distributed_loop(self, iterator, steps):
@@ -298,23 +291,13 @@ class Trainer:
         dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
         iterator = iter(dataset)
         writer = self.writer() if self._is_chief else None
-        progress = None
-        if options.verbose:
-            progress = keras.utils.Progbar(
-                options.steps,
-                stateful_metrics=["loss", "grad_norm", "knn_top1", "val_top1"],
-                # A log file gets a line every 30 s, a terminal a live bar.
-                interval=0.05 if sys.stdout.isatty() else 30.0,
-            )
-            progress.update(start_step)
+        progress = LoopProgress(options, self.groups, writer, start_step)
         first_loss = last_loss = None
         metrics, preempted = {}, False
         wall_start = time.perf_counter()
-        # Throughput counts only the loop calls after the first (tracing),
-        # not checkpoints, hooks, summaries or the progress bar.
-        step_seconds, timed_steps = 0.0, 0
         runner = HookRunner(hooks, options.steps, history, writer)
         step = start_step
+        progress.show(step, runner.start(step))
         try:
             while step < options.steps:
                 count = self._loop_length(step)
@@ -325,9 +308,9 @@ class Trainer:
                 loss, norm = float(loss), float(norm)
                 done, stopped = int(done), bool(stopped)
                 preempted = stopped
-                if first_loss is not None:
-                    step_seconds += time.perf_counter() - call_start
-                    timed_steps += done
+                progress.timed(
+                    time.perf_counter() - call_start, done, first_loss is None
+                )
                 metrics = {k: float(v) for k, v in values.items()}
                 ok = math.isfinite(loss) and (
                     options.loss_scaling or math.isfinite(norm)
@@ -347,31 +330,20 @@ class Trainer:
                 shown.update(scores)
                 preempted = preempted or runner.preempted
                 stopped = stopped or hook_stop
-                if writer is not None and (
-                    due(options.log_every, step, done) or step == options.steps
-                ):
-                    self._log(
-                        writer,
-                        step,
-                        loss,
-                        metrics,
-                        norm,
-                        self._images_per_second(step_seconds, timed_steps),
-                    )
-                if progress is not None:
-                    progress.update(step, list(shown.items()))
+                progress.log(step, done, loss, metrics, norm)
+                progress.show(step, shown)
                 if (
                     due(options.checkpoint_every, step, done)
                     or stopped
                     or step == options.steps
                 ):
-                    self.manager.save(checkpoint_number=step)
+                    self.saver.save(step)
                 if stopped:
                     break
         finally:
             if writer is not None:
                 writer.flush()
-            self._remove_worker_directory()
+            self.saver.close()
         result = self._summary(
             start_step,
             step,
@@ -379,7 +351,7 @@ class Trainer:
             last_loss,
             metrics,
             time.perf_counter() - wall_start,
-            self._images_per_second(step_seconds, timed_steps),
+            progress.images_per_second(),
         )
         result["history"] = history
         result["hook_seconds"] = runner.seconds
@@ -389,28 +361,6 @@ class Trainer:
     def _loop_length(self, step):
         remaining = self.options.steps - step
         return min(self.options.steps_per_loop, remaining)
-
-    def _remove_worker_directory(self):
-        if self.write_dir != self.options.model_dir and tf.io.gfile.exists(
-            self.write_dir
-        ):
-            tf.io.gfile.rmtree(self.write_dir)
-
-    def _images_per_second(self, seconds, timed_steps):
-        if not seconds or not timed_steps:
-            return 0.0
-        return self.options.images_per_step * timed_steps / seconds
-
-    def _log(self, writer, step, loss, metrics, norm, images_per_s):
-        with writer.as_default(step=step):
-            tf.summary.scalar("loss", loss)
-            tf.summary.scalar("grad_norm", norm)
-            for name, value in metrics.items():
-                tf.summary.scalar(name, value)
-            for name, value in _learning_rates(self.groups).items():
-                tf.summary.scalar(name, value)
-            if images_per_s:
-                tf.summary.scalar("images_per_s", images_per_s)
 
     def _summary(
         self, start, end, first, last, metrics, seconds, images_per_s=0.0
