@@ -136,6 +136,35 @@ def test_sigterm_to_one_worker_stops_both_and_resumes_exactly(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_sigterm_inside_a_long_loop_stops_both_workers_within_a_step(
+    tmp_path,
+):
+    # 50 steps per compiled call (all 12 in one): worker 1 is signalled
+    # while producing batch 3; both stop at most one step past the step
+    # in flight then, save one checkpoint and resume exactly.
+    model_dir = tmp_path / "run"
+    workers = start_workers(
+        model_dir, tmp_path, "--steps_per_loop=50", "--signal_at=3"
+    )
+    outputs = finish(workers, timeout=240)
+    seen = int((model_dir / "signalled_at").read_text())
+    stopped = [
+        int(line.split()[-1])
+        for output in outputs
+        for line in output.splitlines()
+        if line.startswith("preempted at step")
+    ]
+    assert len(stopped) == 2 and stopped[0] == stopped[1], outputs
+    assert 1 <= stopped[0] <= seen + 2 < 12
+    checkpoints = tf.train.get_checkpoint_state(model_dir / "checkpoints")
+    assert checkpoints.model_checkpoint_path.endswith(f"ckpt-{stopped[0]}")
+    finish(start_workers(model_dir, tmp_path, "--steps_per_loop=50"), 240)
+    resumed = load_weights(tmp_path / "worker0.npz")
+    for a, b in zip(resumed, single_process_weights(tmp_path)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_batch_not_divisible_by_replicas(two_replicas):
     with pytest.raises(FlagError, match="--batch_size: 5"):
         distribute.check_batch_size(two_replicas, 5)

@@ -28,6 +28,25 @@ def test_runner_runs_due_and_final_hooks_and_keeps_history():
     assert runner.seconds >= 0
 
 
+def test_at_start_hooks_run_before_a_fresh_run_only():
+    calls = []
+
+    def record(step):
+        calls.append(step)
+        return {"top1": 0.1 + step}
+
+    history = {}
+    runner = hooks.HookRunner(
+        [hooks.Hook(4, record, at_start=True), hooks.Hook(4, record)],
+        8,
+        history,
+    )
+    assert runner.start(0) == {"top1": 0.1} and calls == [0]
+    assert runner.start(4) == {} and calls == [0]  # a resumed run
+    runner.run(4, 4)
+    assert history == {"top1": [[0, 0.1], [4, 4.1], [4, 4.1]]}
+
+
 def test_runner_skips_at_end_false_and_reports_stop():
     final_only = hooks.Hook(100, lambda step: {"a": 1}, at_end=False)
     stopper = hooks.Hook(2, lambda step: {"b": step}, stop=lambda s: s >= 4)

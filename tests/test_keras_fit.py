@@ -1,5 +1,9 @@
 """`CPCPretrainer`: Keras `fit` running the trainer's own step."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -107,3 +111,35 @@ def test_fit_in_microbatches_equals_fit_on_the_whole_batch():
         weights.append([v.numpy() for v in model.trainable_variables])
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+MULTI_WORKER_SCRIPT = """
+import sys
+import keras
+import tensorflow as tf
+sys.path.insert(0, {tests!r})
+from helpers import make_tiny_cpc
+from cpc_tf.training.keras_fit import CPCPretrainer
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    pretrainer = CPCPretrainer(make_tiny_cpc())
+    try:
+        pretrainer.compile(keras.optimizers.SGD(0.1))
+    except ValueError as error:
+        print("refused:", error)
+"""
+
+
+def test_fit_under_multi_worker_names_the_trainer():
+    # Its own process: a multi-worker strategy's collectives would meet
+    # the test process's mirrored one.
+    tests = os.path.dirname(os.path.abspath(__file__))
+    process = subprocess.run(
+        [sys.executable, "-c", MULTI_WORKER_SCRIPT.format(tests=tests)],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=""),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "refused:" in process.stdout and "Trainer" in process.stdout

@@ -311,8 +311,14 @@ def test_knn_monitor_on_a_tiny_run_beats_chance(tmp_path):
     )
     summary = pretrain.run(config, verbose=False)
     history = summary["history"]["knn_top1"]
-    assert [step for step, _ in history] == [3, 6]
+    # Step 0 scores the random-init encoder; later scores show the gain.
+    assert [step for step, _ in history] == [0, 3, 6]
     assert summary["knn_top1"] == history[-1][1] > 0.2  # chance: 0.1
+    assert summary["knn_top1_at_start"] == history[0][1]
+    gains = summary["history"]["knn_gain"]
+    assert gains[-1] == [6, pytest.approx(history[-1][1] - history[0][1])]
+    line = pretrain.describe(summary, config.run)
+    assert f"random init {history[0][1]:.4f}" in line
     assert summary["hook_seconds"] > 0
     events = tf.compat.v1.train.summary_iterator
     tags = {

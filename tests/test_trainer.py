@@ -5,6 +5,7 @@ import collections
 import json
 import os
 import signal
+import time
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 from helpers import TWO_CPUS, RegressionTask, regression_data, run_steps
 
-from cpc_tf.training import distribute, trainer
+from cpc_tf.training import distribute, preemption, saving, trainer
 
 
 def test_clip_after_sum_two_replicas_equals_one_device(tmp_path):
@@ -130,16 +131,16 @@ def collective_ops(concrete_function):
     )
 
 
-def step_collectives(strategy, make_task, data, model_dir):
+def step_collectives(strategy, make_task, data, model_dir, **options):
     """All-reduce ops of the first traced step of a 2-replica trainer."""
     _, _, _, loop = run_steps(
-        strategy, make_task, data, model_dir, clip_global_norm=0.01
+        strategy, make_task, data, model_dir, clip_global_norm=0.01, **options
     )
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: data.batch(4).repeat()
     )
     traced = loop._train_loop.get_concrete_function(
-        iter(dataset), tf.constant(1, tf.int64), tf.constant(0.0)
+        iter(dataset), tf.constant(1, tf.int64)
     )
     return sum(collective_ops(traced).values())
 
@@ -171,6 +172,47 @@ def test_one_all_reduce_per_step(
     assert step_collectives(two_replicas, make, data, tmp_path / "b") > (
         expected
     )
+
+
+def test_a_packed_all_reduce_sums_alike(tmp_path, two_replicas, monkeypatch):
+    # Packs of 4 bytes: every tensor travels in its own collective, and
+    # the step is still one logical all-reduce, with the same sums.
+    make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
+    calls = []
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("options"))
+        return all_reduce(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counted)
+    whole = run_steps(
+        two_replicas, make, regression_data(), tmp_path / "whole", steps=3
+    )
+    packed = run_steps(
+        two_replicas,
+        make,
+        regression_data(),
+        tmp_path / "packed",
+        steps=3,
+        allreduce_pack_mb=4 / 2**20,
+    )
+    assert any(not np.array_equal(a, b) for a, b in zip(packed[0], packed[1]))
+    for a, b in zip(packed[1], whole[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    calls.clear()
+    ops = step_collectives(
+        two_replicas,
+        make,
+        regression_data(),
+        tmp_path / "count",
+        allreduce_pack_mb=4 / 2**20,
+    )
+    # Traced once per replica: one logical all-reduce each, 4-byte packs.
+    assert len(calls) == 2
+    assert {c.bytes_per_pack for c in calls} == {4}
+    # Kernel, bias, the loss and the stop flag: four packs per replica.
+    assert ops == 2 * 4
 
 
 def test_polyak_average_warm_up():
@@ -501,13 +543,15 @@ def test_only_the_chief_writes_the_model_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     # With a chief task, worker 0 is an ordinary worker.
     assert distribute.cluster_task() == ("worker", 0, False, 3)
-    assert trainer.write_directory(str(tmp_path), None) == str(
-        tmp_path / "workertemp_0"
-    )
+    # Its required checkpoints go to the local disk, not the bucket.
+    scratch = saving.write_directory(str(tmp_path), None)
+    assert os.path.isdir(scratch) and not scratch.startswith(str(tmp_path))
+    assert os.path.basename(scratch).startswith("cpc_tf_worker0_")
+    os.rmdir(scratch)
     config["task"] = {"type": "chief", "index": 0}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     assert distribute.cluster_task()[2]
-    assert trainer.write_directory(str(tmp_path), None) == str(tmp_path)
+    assert saving.write_directory(str(tmp_path), None) == str(tmp_path)
     del cluster["chief"]
     config["task"] = {"type": "worker", "index": 0}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
@@ -538,3 +582,62 @@ def test_sigterm_inside_a_hook_saves_the_steps_done(tmp_path):
     assert result["stopped_early"] and result["steps"] == 4
     assert loop.latest_checkpoint().endswith("ckpt-4")
     assert "never" not in result["history"]
+
+
+def signalling_batches(loop, at, seen):
+    """The regression batch, forever; producing batch `at` sends SIGTERM
+    to this process, records the steps done then (`seen["step"]`) and
+    returns only once the trainer's stop flag is up, so that the step
+    that consumes it has the flag to read."""
+
+    def produce(index):
+        if int(index) == at:
+            seen["step"] = int(loop.step.numpy())
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not preemption.requested():
+                time.sleep(0.001)
+        return index
+
+    def attach(index, batch):
+        index = tf.py_function(produce, [index], tf.int64)
+        index.set_shape(())
+        x, y = batch
+        return x + tf.cast(index, x.dtype) * 0.0, y
+
+    return regression_data().batch(8).repeat().enumerate().map(attach)
+
+
+def test_sigterm_inside_a_long_loop_stops_after_the_step_in_flight(tmp_path):
+    # 50 steps per compiled call: the flag is read before every step, so
+    # the run stops at most one step past the one in flight when the
+    # signal came, not at the end of the call; it resumes exactly.
+    make = lambda: RegressionTask(keras.optimizers.Adam(0.1))  # noqa: E731
+    strategy = tf.distribute.get_strategy()
+    uninterrupted = run_steps(
+        strategy,
+        make,
+        regression_data(),
+        tmp_path / "whole",
+        steps=50,
+        steps_per_loop=50,
+    )
+    keras.utils.set_random_seed(0)
+    task = make()
+    options = trainer.TrainerOptions(
+        str(tmp_path / "run"), steps=50, steps_per_loop=50, verbose=False
+    )
+    loop = trainer.Trainer(strategy, task, options)
+    seen = {}
+    result = loop.fit(lambda ctx: signalling_batches(loop, 3, seen))
+    assert result["preempted"] and result["stopped_early"]
+    assert 1 <= result["steps"] <= seen["step"] + 2 <= 5
+    state = tf.train.get_checkpoint_state(tmp_path / "run" / "checkpoints")
+    assert state.model_checkpoint_path.endswith(f"ckpt-{result['steps']}")
+    task = make()
+    resumed = trainer.Trainer(strategy, task, options)
+    assert (
+        resumed.fit(lambda ctx: regression_data().batch(8).repeat())["steps"]
+        == 50
+    )
+    for a, b in zip(task.model.trainable_variables, uninterrupted[1]):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-6, atol=1e-7)

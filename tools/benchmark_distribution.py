@@ -104,9 +104,7 @@ class Variant:
 
     def call(self):
         start = time.perf_counter()
-        outputs = self.trainer._train_loop(
-            self.iterator, tf.constant(self.loop, tf.int64), tf.constant(0.0)
-        )
+        outputs = self.trainer.train_steps(self.iterator, self.loop)
         float(outputs[0])
         self.seconds.append((time.perf_counter() - start) / self.loop)
 

@@ -164,11 +164,7 @@ class _Run:
         """One timed `Trainer` step (the same `tf.function` `fit` runs)."""
         with runtime.dtype_policy(self.policy):
             start = time.perf_counter()
-            self.loss = float(
-                self.trainer._train_loop(
-                    self.iterator, tf.constant(1, tf.int64), tf.constant(0.0)
-                )[0]
-            )
+            self.loss = float(self.trainer.train_steps(self.iterator, 1)[0])
             self.seconds.append(time.perf_counter() - start)
 
 

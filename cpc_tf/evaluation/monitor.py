@@ -66,7 +66,8 @@ def plan(data, knn_config, train_ids, query_ids):
 
 
 class KnnMonitor:
-    """A `trainer.Hook` function: `step -> {"knn_top1": top-1}`.
+    """A `trainer.Hook` function: `step -> {"knn_top1": top-1}`, with
+    `knn_gain` over the step-0 (random init) score once there is one.
 
     Args:
         loop: the pretraining `trainer.Trainer` (EMA weights, strategy).
@@ -101,9 +102,10 @@ class KnnMonitor:
             data.train_data, data_dir=data.data_dir or None
         )
         self.num_classes = info.num_classes
+        # The random-init score (step 0), which later scores are set against.
+        self.at_start = None
 
     def __call__(self, step):
-        del step
         strategy = self.loop.strategy
         with self.loop.evaluation_weights(self.use_ema):
             memory = features.extract(strategy, self.encoder, self.memory_fn)
@@ -115,4 +117,9 @@ class KnnMonitor:
             k=self.config.knn_k,
             temperature=self.config.knn_temperature,
         )
-        return {"knn_top1": top1}
+        if step == 0:
+            self.at_start = top1
+            return {"knn_top1": top1}
+        if self.at_start is None:
+            return {"knn_top1": top1}
+        return {"knn_top1": top1, "knn_gain": top1 - self.at_start}

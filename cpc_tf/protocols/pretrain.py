@@ -94,7 +94,7 @@ def _knn_hooks(config, loop, model, ids, record, verbose):
         batch_size=config.run.batch_size,
         use_ema=config.run.use_ema,
     )
-    return [trainer.Hook(knn_config.knn_every, function)]
+    return [trainer.Hook(knn_config.knn_every, function, at_start=True)]
 
 
 def run(config, verbose=True, strategy=None):
@@ -161,6 +161,11 @@ def run(config, verbose=True, strategy=None):
         **record,
         accuracy=float(np.mean(accuracies)) if accuracies else None,
         knn_top1=knn_history[-1][1] if knn_history else None,
+        knn_top1_at_start=(
+            knn_history[0][1]
+            if knn_history and knn_history[0][0] == 0
+            else None
+        ),
         wall_seconds=time.perf_counter() - wall_start,
         skipped_images=sum(i.skipped.value() for i in dataset_fn.infos),
         parameters=model.encoder.count_params(),
@@ -189,11 +194,16 @@ def describe(summary, flag_values):
             "the same command to resume."
         )
     logging.info("Pretraining done: %s", summary)
-    knn = summary.get("knn_top1")
+    knn, start = summary.get("knn_top1"), summary.get("knn_top1_at_start")
+    gain = (
+        f"(random init {start:.4f}, {knn - start:+.4f})  "
+        if knn is not None and start is not None
+        else ""
+    )
     return (
         f"steps {summary['steps']}  loss {summary['first_loss']} -> "
         f"{summary['last_loss']}  accuracy {summary['accuracy']}  "
-        + (f"k-NN top-1 {knn:.4f}  " if knn is not None else "")
+        + (f"k-NN top-1 {knn:.4f} {gain} " if knn is not None else "")
         + f"{summary['images_per_s']:.1f} images/s  "
         f"skipped images {summary['skipped_images']}  "
         f"-> {flag_values.model_dir}"

@@ -87,6 +87,9 @@ def trainer_options(run, optim, steps, model_dir=None, verbose=True):
         steps_per_loop=run.steps_per_loop,
         loss_scaling=run.mixed_precision == "float16",
         restart=run.restart,
+        maintenance_url=run.maintenance_url,
+        async_checkpoint=run.async_checkpoint,
+        allreduce_pack_mb=run.allreduce_pack_mb,
     )
 
 

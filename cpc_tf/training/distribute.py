@@ -140,7 +140,9 @@ def _identity(grads_and_vars):
     return list(grads_and_vars)
 
 
-def apply_gradients(groups, grads, clip_norm, extras=(), loss_scale=None):
+def apply_gradients(
+    groups, grads, clip_norm, extras=(), loss_scale=None, pack_bytes=0
+):
     """One all-reduce of `grads` (and `extras`), per-group clip, apply.
 
     Call in replica context, each replica with the gradient of its share of
@@ -158,6 +160,10 @@ def apply_gradients(groups, grads, clip_norm, extras=(), loss_scale=None):
         extras: float32 scalars summed over replicas with the gradients.
         loss_scale: the dynamic loss scale the gradients carry (float16
             training with `LossScaleOptimizer`s), or None.
+        pack_bytes: split the all-reduce into packs of about this many
+            bytes (`CommunicationOptions(bytes_per_pack=...)`), so that the
+            first packs travel while the rest is summed; 0 = one pack.
+            TPUs ignore it.
 
     Returns:
         `(norms, extras, finite)`: each group's global gradient norm before
@@ -173,7 +179,12 @@ def apply_gradients(groups, grads, clip_norm, extras=(), loss_scale=None):
     extras = [tf.identity(tf.cast(e, tf.float32)) for e in extras]
     context = tf.distribute.get_replica_context()
     if context.num_replicas_in_sync > 1:
-        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, grads + extras)
+        options = tf.distribute.experimental.CommunicationOptions(
+            bytes_per_pack=int(pack_bytes)
+        )
+        summed = context.all_reduce(
+            tf.distribute.ReduceOp.SUM, grads + extras, options=options
+        )
     else:
         summed = grads + extras
     grads, extras = summed[: len(grads)], summed[len(grads) :]

@@ -16,7 +16,8 @@ from cpc_tf.training import preemption
 
 @dataclasses.dataclass
 class Hook:
-    """Runs `fn(step) -> {name: float}` every `every` steps and at the end.
+    """Runs `fn(step) -> {name: float}` every `every` steps and at the end
+    (and, with `at_start`, before the first step of a run from step 0).
 
     The values go to TensorBoard, the progress bar and the summary's
     `history`. `fn` runs in cross-replica context between compiled loops.
@@ -30,6 +31,7 @@ class Hook:
     fn: object
     at_end: bool = True
     stop: object = None
+    at_start: bool = False
 
 
 def due(every, step, done):
@@ -60,16 +62,29 @@ class HookRunner:
         self.seconds = 0.0
         self.preempted = False
 
+    def start(self, step):
+        """The `at_start` hooks, when a run begins at step 0: scores."""
+        if step:
+            return {}
+        starting = [hook for hook in self.hooks if hook.at_start]
+        return self._run(starting, 0)[0]
+
     def run(self, step, done):
         """The hooks due at `step` after `done` steps: `(scores, stop)`.
 
         A SIGTERM during a hook ends training after the steps done.
         """
+        due_now = [
+            hook
+            for hook in self.hooks
+            if due(hook.every, step, done)
+            or (hook.at_end and step == self.last_step)
+        ]
+        return self._run(due_now, step)
+
+    def _run(self, hooks, step):
         shown, stop = {}, False
-        for hook in self.hooks:
-            final = hook.at_end and step == self.last_step
-            if not (due(hook.every, step, done) or final):
-                continue
+        for hook in hooks:
             start = time.perf_counter()
             try:
                 scores = hook.fn(step)

@@ -4,14 +4,17 @@
 backbone: `compile(optimizer, clip_global_norm=0.01, ema_decay=0.9999,
 negatives="local")`, then `fit(patch_grids)` runs the trainer's own
 replicated step (`steps.replica_step`) under any `tf.distribute`
-strategy: one all-reduce, the clip of the gradient summed over replicas,
-the update and the Polyak average, exactly as `cpc_tf.pretrain` does
-(tested equal). `pretrainer.polyak.swapped()` puts the averages into the
-weights. The CPC model alone trains with plain `compile`/`fit` too
-(Keras's step, any backend), without the summed clip and the average.
+strategy on one host (TPUs included): one all-reduce, the clip of the
+gradient summed over replicas, the update and the Polyak average, exactly
+as `cpc_tf.pretrain` does (tested equal). Under
+`MultiWorkerMirroredStrategy` `compile` refuses and names the `Trainer`.
+`pretrainer.polyak.swapped()` puts the averages into the weights. The
+CPC model alone trains with plain `compile`/`fit` too (Keras's step, any
+backend), without the summed clip and the average.
 """
 
 import keras
+import tensorflow as tf
 
 from cpc_tf.training import distribute, steps
 from cpc_tf.training.tasks import CPCTask
@@ -70,6 +73,16 @@ class CPCPretrainer(keras.Model):
         if negatives not in ("local", "global"):
             raise ValueError(
                 f"negatives: expected local or global, got {negatives!r}."
+            )
+        strategy = self.distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise ValueError(
+                "CPCPretrainer.fit is not supported under "
+                "MultiWorkerMirroredStrategy (never run on several workers: "
+                "how Keras shards the data between them is untested here). "
+                "Train with cpc_tf.training.trainer.Trainer, as "
+                "`python -m cpc_tf.pretrain --strategy=multi_worker` does: "
+                "it is tested on loopback workers."
             )
         super().compile(optimizer=optimizer, **kwargs)
         self.clip_global_norm = clip_global_norm

@@ -146,6 +146,7 @@ def replica_step(
     ema=None,
     loss_scaling=False,
     gradients_fn=task_gradients,
+    pack_bytes=0,
 ):
     """The training step, in replica context; shared by `Trainer` and
     `keras_fit.CPCPretrainer.train_step` (Keras `fit`).
@@ -173,6 +174,7 @@ def replica_step(
         clip_norm,
         extras=[m / replicas for m in means] + [stop],
         loss_scale=scale,
+        pack_bytes=pack_bytes,
     )
     if ema is not None:
         ema.update()

@@ -14,22 +14,23 @@ guard that never overwrites a good checkpoint, periodic evaluation hooks
 (`training.hooks`), TensorBoard summaries and a console progress bar.
 
 Multi-worker runs write only from the chief: the other workers save their
-(required) checkpoints to a temporary directory beside it and delete it.
+(required) checkpoints to a temporary local directory and delete it
+(`training.saving`, which also writes asynchronously on request).
 """
 
 import contextlib
 import dataclasses
 import math
 import os
-import sys
 import time
 
 import keras
 import tensorflow as tf
 
 from cpc_tf.rundir import artifacts
-from cpc_tf.training import checkpoints, distribute, preemption
+from cpc_tf.training import checkpoints, distribute, preemption, saving
 from cpc_tf.training.hooks import Hook, HookRunner, due, stop_requested  # noqa: F401
+from cpc_tf.training.progress import LoopProgress
 from cpc_tf.training.steps import (  # noqa: F401 (the trainer's public names)
     OptimizerGroup,
     PolyakAverage,
@@ -61,25 +62,9 @@ class TrainerOptions:
     steps_per_loop: int = 1
     loss_scaling: bool = False
     restart: bool = False
-
-
-def _learning_rates(groups):
-    rates = {}
-    for index, group in enumerate(groups):
-        key = "lr" if len(groups) == 1 else f"lr_{index}"
-        rates[key] = float(
-            keras.ops.convert_to_numpy(group.optimizer.learning_rate)
-        )
-    return rates
-
-
-def write_directory(model_dir, strategy):
-    """Where this process writes: `model_dir` on the chief, else a
-    temporary `workertemp_<id>` directory beside it (TF's convention)."""
-    _, task_id, is_chief, _ = distribute.cluster_task(strategy)
-    if is_chief:
-        return model_dir
-    return os.path.join(model_dir, f"workertemp_{task_id}")
+    maintenance_url: str = "auto"
+    async_checkpoint: bool = False
+    allreduce_pack_mb: float = 0.0
 
 
 class Trainer:
@@ -106,7 +91,13 @@ class Trainer:
         _, _, self._is_chief, self._num_workers = distribute.cluster_task(
             strategy
         )
-        self.write_dir = write_directory(options.model_dir, strategy)
+        # Set by SIGTERM's watcher thread (`preemption.on_request`) while a
+        # compiled loop runs; the loop reads it on the host before every
+        # step, so a stop ends the loop after the step in flight.
+        with tf.device("/cpu:0"):
+            self._stop = tf.Variable(
+                0.0, trainable=False, name="stop_requested"
+            )
         with strategy.scope():
             self.step = tf.Variable(
                 0,
@@ -136,7 +127,13 @@ class Trainer:
         if self.ema is not None:
             trackables["ema"] = self.ema
         self.checkpoint = tf.train.Checkpoint(**trackables)
-        self.manager = self._checkpoint_manager()
+        self.saver = saving.CheckpointWriter(
+            self.checkpoint,
+            options.model_dir,
+            strategy,
+            options.keep_checkpoints,
+            options.async_checkpoint,
+        )
         self.resumed = None
         self._gradients_fn = task_gradients
         compile_pieces = getattr(task, "compile_around_collectives", None)
@@ -154,12 +151,15 @@ class Trainer:
         self._train_loop = tf.function(self._distributed_loop)
         self._writer = None
 
-    def _checkpoint_manager(self):
-        return tf.train.CheckpointManager(
-            self.checkpoint,
-            os.path.join(self.write_dir, artifacts.CHECKPOINT_DIR),
-            max_to_keep=self.options.keep_checkpoints,
-        )
+    @property
+    def write_dir(self):
+        """Where this process writes (`saving.write_directory`)."""
+        return self.saver.directory
+
+    @property
+    def manager(self):
+        """The `tf.train.CheckpointManager` this process saves with."""
+        return self.saver.manager
 
     def checkpoint_dir(self):
         """`model_dir/checkpoints` (the chief's: every worker reads it)."""
@@ -183,7 +183,7 @@ class Trainer:
                 agree=self._agree_with_chief,
             )
             # The manager reads the state file as `resume` left it.
-            self.manager = self._checkpoint_manager()
+            self.saver.reopen()
         return int(self.step.numpy())
 
     def _agree_with_chief(self, value):
@@ -205,14 +205,17 @@ class Trainer:
             ema=self.ema,
             loss_scaling=self.options.loss_scaling,
             gradients_fn=self._gradients_fn,
+            pack_bytes=self.options.allreduce_pack_mb * 2**20,
         )
 
-    def _distributed_loop(self, iterator, steps, stop):
+    def _distributed_loop(self, iterator, steps):
         """Up to `steps` steps; stops early after a step on which any
-        worker asked to stop or the loss or gradient was not finite."""
+        worker asked to stop (the host's flag, read before each step) or
+        the loss or gradient was not finite."""
         first = self.strategy.experimental_local_results
 
         def one_step():
+            stop = self._stop.read_value()
             outputs = self.strategy.run(
                 self._replica_step, args=(next(iterator), stop)
             )
@@ -231,6 +234,12 @@ class Trainer:
                 loss, metrics, norm, finite, stopped = one_step()
                 done += 1
         return loss, metrics, norm, finite, stopped, done
+
+    def train_steps(self, iterator, count):
+        """Runs up to `count` steps in one call of the compiled loop (as
+        `fit` does, without checkpoints, hooks or summaries); returns
+        `(loss, metrics, grad_norm, finite, stopped, steps_done)`."""
+        return self._train_loop(iterator, tf.constant(count, tf.int64))
 
     def _finite(self, loss, norm):
         if self.options.loss_scaling:
@@ -269,45 +278,39 @@ class Trainer:
                     self._summary(start_step, start_step, None, None, {}, 0.0),
                     preempted=True,
                 )
-            return self._fit(dataset_fn, hooks, start_step, history)
+            self._stop.assign(0.0)
+            preemption.watch_maintenance(options.maintenance_url)
+            with preemption.on_request(self._request_stop):
+                return self._fit(dataset_fn, hooks, start_step, history)
+
+    def _request_stop(self):
+        self._stop.assign(1.0)
 
     def _fit(self, dataset_fn, hooks, start_step, history):
         options = self.options
         dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
         iterator = iter(dataset)
         writer = self.writer() if self._is_chief else None
-        progress = None
-        if options.verbose:
-            progress = keras.utils.Progbar(
-                options.steps,
-                stateful_metrics=["loss", "grad_norm", "knn_top1", "val_top1"],
-                # A log file gets a line every 30 s, a terminal a live bar.
-                interval=0.05 if sys.stdout.isatty() else 30.0,
-            )
-            progress.update(start_step)
+        progress = LoopProgress(options, self.groups, writer, start_step)
         first_loss = last_loss = None
         metrics, preempted = {}, False
         wall_start = time.perf_counter()
-        # Throughput counts only the loop calls after the first (tracing),
-        # not checkpoints, hooks, summaries or the progress bar.
-        step_seconds, timed_steps = 0.0, 0
         runner = HookRunner(hooks, options.steps, history, writer)
         step = start_step
+        progress.show(step, runner.start(step))
         try:
             while step < options.steps:
                 count = self._loop_length(step)
                 call_start = time.perf_counter()
                 loss, values, norm, finite, stopped, done = self._train_loop(
-                    iterator,
-                    tf.constant(count, tf.int64),
-                    tf.constant(float(preemption.requested())),
+                    iterator, tf.constant(count, tf.int64)
                 )
                 loss, norm = float(loss), float(norm)
                 done, stopped = int(done), bool(stopped)
                 preempted = stopped
-                if first_loss is not None:
-                    step_seconds += time.perf_counter() - call_start
-                    timed_steps += done
+                progress.timed(
+                    time.perf_counter() - call_start, done, first_loss is None
+                )
                 metrics = {k: float(v) for k, v in values.items()}
                 ok = math.isfinite(loss) and (
                     options.loss_scaling or math.isfinite(norm)
@@ -327,31 +330,20 @@ class Trainer:
                 shown.update(scores)
                 preempted = preempted or runner.preempted
                 stopped = stopped or hook_stop
-                if writer is not None and (
-                    due(options.log_every, step, done) or step == options.steps
-                ):
-                    self._log(
-                        writer,
-                        step,
-                        loss,
-                        metrics,
-                        norm,
-                        self._images_per_second(step_seconds, timed_steps),
-                    )
-                if progress is not None:
-                    progress.update(step, list(shown.items()))
+                progress.log(step, done, loss, metrics, norm)
+                progress.show(step, shown)
                 if (
                     due(options.checkpoint_every, step, done)
                     or stopped
                     or step == options.steps
                 ):
-                    self.manager.save(checkpoint_number=step)
+                    self.saver.save(step)
                 if stopped:
                     break
         finally:
             if writer is not None:
                 writer.flush()
-            self._remove_worker_directory()
+            self.saver.close()
         result = self._summary(
             start_step,
             step,
@@ -359,7 +351,7 @@ class Trainer:
             last_loss,
             metrics,
             time.perf_counter() - wall_start,
-            self._images_per_second(step_seconds, timed_steps),
+            progress.images_per_second(),
         )
         result["history"] = history
         result["hook_seconds"] = runner.seconds
@@ -369,28 +361,6 @@ class Trainer:
     def _loop_length(self, step):
         remaining = self.options.steps - step
         return min(self.options.steps_per_loop, remaining)
-
-    def _remove_worker_directory(self):
-        if self.write_dir != self.options.model_dir and tf.io.gfile.exists(
-            self.write_dir
-        ):
-            tf.io.gfile.rmtree(self.write_dir)
-
-    def _images_per_second(self, seconds, timed_steps):
-        if not seconds or not timed_steps:
-            return 0.0
-        return self.options.images_per_step * timed_steps / seconds
-
-    def _log(self, writer, step, loss, metrics, norm, images_per_s):
-        with writer.as_default(step=step):
-            tf.summary.scalar("loss", loss)
-            tf.summary.scalar("grad_norm", norm)
-            for name, value in metrics.items():
-                tf.summary.scalar(name, value)
-            for name, value in _learning_rates(self.groups).items():
-                tf.summary.scalar(name, value)
-            if images_per_s:
-                tf.summary.scalar("images_per_s", images_per_s)
 
     def _summary(
         self, start, end, first, last, metrics, seconds, images_per_s=0.0

@@ -11,13 +11,21 @@ With `--pause`, every worker waits at step 5 (after writing
 a test can then preempt one worker at a known step.
 
 With `--steps=N` it trains to step N (of the same 12 batches) and with
-`--checkpoint_every=N` saves every N steps (default: only at the end).
+`--checkpoint_every=N` saves every N steps (default: only at the end);
+`--steps_per_loop=N` runs N steps per compiled call.
+
+With `--signal_at=K`, worker 1 (or the single process) sends itself
+SIGTERM when its input pipeline produces batch K, after writing the steps
+done then to `MODEL_DIR/signalled_at`, and lets that batch go only once
+the trainer's stop flag is up.
 
 Usage: python train_tiny.py MODEL_DIR WEIGHTS STRATEGY [--pause]
-    [--steps=N] [--checkpoint_every=N]
+    [--steps=N] [--checkpoint_every=N] [--steps_per_loop=N]
+    [--signal_at=K]
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -53,7 +61,36 @@ def pause_hook(model_dir, task_name):
     return trainer.Hook(PAUSE_AT, pause, at_end=False)
 
 
-def main(model_dir, weights_path, strategy_name, pause, steps, every):
+def signal_at(dataset, loop, at, model_dir):
+    """`dataset` whose batch `at` SIGTERMs this process (see the module)."""
+
+    def produce(index):
+        if int(index) == at:
+            with open(os.path.join(model_dir, "signalled_at"), "w") as f:
+                f.write(str(int(loop.step.numpy())))
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not preemption.requested():
+                time.sleep(0.001)
+        return index
+
+    def attach(index, batch):
+        index = tf.py_function(produce, [index], tf.int64)
+        index.set_shape(())
+        return batch + tf.cast(index, batch.dtype) * 0.0
+
+    return dataset.enumerate().map(attach)
+
+
+def main(
+    model_dir,
+    weights_path,
+    strategy_name,
+    pause,
+    steps,
+    every,
+    steps_per_loop=1,
+    signal_batch=-1,
+):
     preemption.install()
     strategy = distribute.make_strategy(strategy_name)
     keras.utils.set_random_seed(0)
@@ -83,19 +120,24 @@ def main(model_dir, weights_path, strategy_name, pause, steps, every):
             clip_global_norm=0.01,
             ema_decay=0.9999,
             checkpoint_every=every,
+            steps_per_loop=steps_per_loop,
             verbose=False,
         ),
     )
+    task_type, task_id = distribute.cluster_task(strategy)[:2]
+    signalled = signal_batch >= 0 and (task_type is None or task_id == 1)
 
     def dataset_fn(context):
         per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
         start = context.input_pipeline_id * per_replica
         mine = data[:, start : start + per_replica]
         first = int(loop.step.numpy())
-        return tf.data.Dataset.from_tensor_slices(mine).skip(first)
+        dataset = tf.data.Dataset.from_tensor_slices(mine).skip(first)
+        if signalled:
+            return signal_at(dataset, loop, signal_batch, model_dir)
+        return dataset
 
-    task_name = distribute.cluster_task(strategy)[0] or "single"
-    task_name += str(distribute.cluster_task(strategy)[1])
+    task_name = (task_type or "single") + str(task_id)
     hooks = [pause_hook(model_dir, task_name)] if pause else []
     result = loop.fit(dataset_fn, hooks)
     if result["stopped_early"]:
@@ -122,4 +164,6 @@ if __name__ == "__main__":
         "--pause" in sys.argv[4:],
         option("steps", STEPS),
         option("checkpoint_every", 100),
+        option("steps_per_loop", 1),
+        option("signal_at", -1),
     )
