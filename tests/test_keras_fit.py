@@ -136,7 +136,10 @@ def test_fit_under_multi_worker_names_the_trainer():
     tests = os.path.dirname(os.path.abspath(__file__))
     process = subprocess.run(
         [sys.executable, "-c", MULTI_WORKER_SCRIPT.format(tests=tests)],
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=""),
+        env={
+            **{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        },
         capture_output=True,
         text=True,
         timeout=600,

@@ -16,6 +16,14 @@
   NaN), syncs first. The manager records a checkpoint in its state file
   only once its files are complete, so an interrupted asynchronous write
   is an interrupted save like any other (`training.checkpoints`).
+
+Keras 3's TensorFlow variable creates a new `tf.Variable` in
+`_copy_trackable_to_cpu` each time TF's asynchronous checkpoint asks for
+its host copy, which TF does inside a `tf.function` from the second save
+on, where creating a variable is an error. `_host_copies_of_keras_variables`
+makes a Keras variable's host copy that of the `tf.Variable` it wraps
+(the same saved tensors, refreshed by TF on every save); the tests restore
+every asynchronous checkpoint and compare it with a synchronous one.
 """
 
 import os
@@ -26,6 +34,19 @@ import tensorflow as tf
 
 from cpc_tf.rundir import artifacts
 from cpc_tf.training import distribute
+
+
+def _copy_wrapped_variable_to_cpu(variable, object_map):
+    variable.value._copy_trackable_to_cpu(object_map)
+    object_map[variable] = object_map[variable.value]
+
+
+def _host_copies_of_keras_variables():
+    """Gives Keras's TF variable a host copy TF can refresh (see the
+    module); once per process."""
+    from keras.src.backend.tensorflow.core import Variable
+
+    Variable._copy_trackable_to_cpu = _copy_wrapped_variable_to_cpu
 
 
 def write_directory(model_dir, strategy):
@@ -55,6 +76,8 @@ class CheckpointWriter:
         self.keep = keep
         self.options = tf.train.CheckpointOptions(enable_async=async_save)
         self.async_save = async_save
+        if async_save:
+            _host_copies_of_keras_variables()
         self.manager = None
         self.reopen()
 
