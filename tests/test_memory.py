@@ -48,6 +48,15 @@ def test_the_estimate_reproduces_the_measured_steps(
     assert abs(predicted / 2**20 / measured - 1) < 0.1
 
 
+def test_the_shipped_v2_settings_fit_eight_80_gb_gpus():
+    # flags/v2.cfg: batch 512 on 8 replicas, --remat=blocks.
+    config = parse(V2)
+    assert config.memory.remat == "blocks"
+    need = memory.estimate(config).total(64, config.memory.microbatches)
+    assert need <= memory.HEADROOM * 80e9
+    assert memory.estimate(config, "none").total(64, 1) > 80e9
+
+
 def test_remat_and_microbatches_lower_the_estimate():
     config = parse(V2)
     none = memory.estimate(config, "none").total(64, 1)
@@ -98,7 +107,9 @@ def test_the_paper_batch_on_one_gpu_names_the_flags_and_what_fits():
 
 def test_settings_that_fit_are_offered(two_replicas):
     # 16 images per replica of 8 GB: the suggestions are checked to fit.
-    config = parse(V2, "--batch_size=32", "--device_memory_gb=30")
+    config = parse(
+        V2, "--batch_size=32", "--device_memory_gb=30", "--remat=none"
+    )
     with pytest.raises(FlagError, match="These fit: ") as error:
         memory.check(config, two_replicas)
     for mode, k, need in memory.fitting_settings(config, 16, 0.9 * 30e9):

@@ -19,6 +19,7 @@ def clean_state():
     yield
     signal.signal(signal.SIGTERM, previous)
     signal.set_wakeup_fd(previous_fd)
+    preemption._flush_watcher()  # no signal of the test acts later
     preemption._state.update(state)
 
 
@@ -41,6 +42,9 @@ def test_watching_is_scoped_for_library_use(clean_state):
     assert not preemption.requested()
     assert signal.getsignal(signal.SIGTERM) is not preemption._handler
     assert signal.set_wakeup_fd(-1) == -1  # the previous one, restored
+    # The watcher has handled the signal: it cannot set the flag later.
+    with preemption.watching():
+        assert not preemption.requested()
 
 
 def test_callbacks_run_on_the_signal(

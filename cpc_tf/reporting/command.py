@@ -4,15 +4,7 @@
 import tensorflow as tf
 from absl import flags, logging
 
-from cpc_tf.config import (
-    DataConfig,
-    FlagError,
-    KnnConfig,
-    ModelConfig,
-    OptimConfig,
-    PretrainConfig,
-    RunConfig,
-)
+from cpc_tf.config import FlagError, PretrainConfig
 from cpc_tf.config import flags as cpc_flags
 from cpc_tf.reporting.planning import METHODS
 from cpc_tf.reporting.runner import run_report
@@ -20,14 +12,7 @@ from cpc_tf.reporting.runner import run_report
 
 def define_flags(flag_values):
     """The report's flags: pretraining's and its own, on `flag_values`."""
-    cpc_flags.define_config_flags(
-        DataConfig,
-        ModelConfig,
-        OptimConfig,
-        RunConfig,
-        KnnConfig,
-        flag_values=flag_values,
-    )
+    cpc_flags.define_pretrain_flags(flag_values)
     flags.DEFINE_string(
         "report_dir", "runs/report", "[report] Output.", flag_values=flag_values
     )

@@ -43,6 +43,8 @@ MAINTENANCE_URL = (
 _GCE_PRODUCT_FILE = "/sys/class/dmi/id/product_name"
 
 _state = {"requested": False, "installed": False, "wakeup_fd": None}
+# Not a signal number: the marker `_flush_watcher` sends through the pipe.
+_FLUSH = 0
 _callbacks = []
 _lock = threading.Lock()
 
@@ -76,6 +78,19 @@ def _watch(read_fd):
             return
         if signal.SIGTERM in data:
             request()
+        if _FLUSH in data:
+            _state["flushed"].set()
+
+
+def _flush_watcher():
+    """Waits until the watcher thread has handled every signal written to
+    its pipe so far (a marker byte after them comes back), so that no
+    SIGTERM of a finished `watching` context reaches a later one."""
+    if _state["wakeup_fd"] is None:
+        return
+    _state["flushed"] = threading.Event()
+    os.write(_state["wakeup_fd"], bytes([_FLUSH]))
+    _state["flushed"].wait(timeout=60)
 
 
 def _wake_on_signal():
@@ -166,12 +181,14 @@ def watching():
         return
     previous = signal.signal(signal.SIGTERM, _handler)
     previous_fd = _wake_on_signal()
+    _flush_watcher()
     _state["requested"] = False
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.set_wakeup_fd(previous_fd)
+        _flush_watcher()
         _state["requested"] = False
 
 
