@@ -5,6 +5,8 @@ regression task for the trainer."""
 
 import json
 import os
+import signal
+import time
 
 import keras
 import numpy as np
@@ -22,7 +24,7 @@ from cpc_tf.config import flags as cpc_flags
 from cpc_tf.models import encoders
 from cpc_tf.models.cpc import build_cpc
 from cpc_tf.rundir import artifacts
-from cpc_tf.training import trainer
+from cpc_tf.training import preemption, trainer
 from cpc_tf.training.builders import build_cpc_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,3 +244,27 @@ def weights_equal(a, b):
 
 
 # -- heads ---------------------------------------------------------------------
+
+
+def signalling_batches(dataset, loop, at, record):
+    """`dataset` (tensors or `(x, y)` pairs) whose batch `at`, when the
+    pipeline produces it, calls `record(steps done then)`, sends SIGTERM
+    to this process and lets the batch go only once the stop flag is up,
+    so that the step that consumes it has the flag to read."""
+
+    def produce(index):
+        if int(index) == at:
+            record(int(loop.step.numpy()))
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not preemption.requested():
+                time.sleep(0.001)
+        return index
+
+    def attach(index, batch):
+        index = tf.py_function(produce, [index], tf.int64)
+        index.set_shape(())
+        return tf.nest.map_structure(
+            lambda t: t + tf.cast(index, t.dtype) * 0, batch
+        )
+
+    return dataset.enumerate().map(attach)

@@ -11,7 +11,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TWO_CPUS, RegressionTask, regression_data, run_steps
+from helpers import (
+    TWO_CPUS,
+    RegressionTask,
+    regression_data,
+    run_steps,
+    signalling_batches,
+)
 
 from cpc_tf.training import distribute, preemption, saving, trainer
 
@@ -309,7 +315,6 @@ def test_learning_rate_schedules():
 
 
 def test_images_per_second_counts_steps_not_checkpoints(tmp_path, monkeypatch):
-    import time
 
     save = tf.train.CheckpointManager.save
 
@@ -562,7 +567,6 @@ def test_only_the_chief_writes_the_model_directory(monkeypatch, tmp_path):
 def test_sigterm_inside_a_hook_saves_the_steps_done(tmp_path):
     # A long hook (the k-NN monitor's embedding) stops at its next safe
     # point; the trainer saves the steps already done and stops.
-    from cpc_tf.training import preemption
 
     def interrupted(step):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -583,29 +587,6 @@ def test_sigterm_inside_a_hook_saves_the_steps_done(tmp_path):
     assert result["stopped_early"] and result["steps"] == 4
     assert loop.latest_checkpoint().endswith("ckpt-4")
     assert "never" not in result["history"]
-
-
-def signalling_batches(loop, at, seen):
-    """The regression batch, forever; producing batch `at` sends SIGTERM
-    to this process, records the steps done then (`seen["step"]`) and
-    returns only once the trainer's stop flag is up, so that the step
-    that consumes it has the flag to read."""
-
-    def produce(index):
-        if int(index) == at:
-            seen["step"] = int(loop.step.numpy())
-            os.kill(os.getpid(), signal.SIGTERM)
-            while not preemption.requested():
-                time.sleep(0.001)
-        return index
-
-    def attach(index, batch):
-        index = tf.py_function(produce, [index], tf.int64)
-        index.set_shape(())
-        x, y = batch
-        return x + tf.cast(index, x.dtype) * 0.0, y
-
-    return regression_data().batch(8).repeat().enumerate().map(attach)
 
 
 def test_sigterm_inside_a_long_loop_stops_after_the_step_in_flight(tmp_path):
@@ -629,7 +610,12 @@ def test_sigterm_inside_a_long_loop_stops_after_the_step_in_flight(tmp_path):
     )
     loop = trainer.Trainer(strategy, task, options)
     seen = {}
-    result = loop.fit(lambda ctx: signalling_batches(loop, 3, seen))
+    batches = regression_data().batch(8).repeat()
+    result = loop.fit(
+        lambda ctx: signalling_batches(
+            batches, loop, 3, lambda step: seen.update(step=step)
+        )
+    )
     assert result["preempted"] and result["stopped_early"]
     assert seen["step"] <= result["steps"] <= seen["step"] + 2 < 50
     state = tf.train.get_checkpoint_state(tmp_path / "run" / "checkpoints")

@@ -25,7 +25,6 @@ Usage: python train_tiny.py MODEL_DIR WEIGHTS STRATEGY [--pause]
 """
 
 import os
-import signal
 import sys
 import time
 
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from helpers import TINY_BACKBONE  # noqa: E402
+from helpers import TINY_BACKBONE, signalling_batches  # noqa: E402
 
 from cpc_tf.models import encoders
 from cpc_tf.models.cpc import build_cpc  # noqa: E402
@@ -59,26 +58,6 @@ def pause_hook(model_dir, task_name):
         return {}
 
     return trainer.Hook(PAUSE_AT, pause, at_end=False)
-
-
-def signal_at(dataset, loop, at, model_dir):
-    """`dataset` whose batch `at` SIGTERMs this process (see the module)."""
-
-    def produce(index):
-        if int(index) == at:
-            with open(os.path.join(model_dir, "signalled_at"), "w") as f:
-                f.write(str(int(loop.step.numpy())))
-            os.kill(os.getpid(), signal.SIGTERM)
-            while not preemption.requested():
-                time.sleep(0.001)
-        return index
-
-    def attach(index, batch):
-        index = tf.py_function(produce, [index], tf.int64)
-        index.set_shape(())
-        return batch + tf.cast(index, batch.dtype) * 0.0
-
-    return dataset.enumerate().map(attach)
 
 
 def main(
@@ -127,6 +106,10 @@ def main(
     task_type, task_id = distribute.cluster_task(strategy)[:2]
     signalled = signal_batch >= 0 and (task_type is None or task_id == 1)
 
+    def record(step):
+        with open(os.path.join(model_dir, "signalled_at"), "w") as f:
+            f.write(str(step))
+
     def dataset_fn(context):
         per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
         start = context.input_pipeline_id * per_replica
@@ -134,7 +117,7 @@ def main(
         first = int(loop.step.numpy())
         dataset = tf.data.Dataset.from_tensor_slices(mine).skip(first)
         if signalled:
-            return signal_at(dataset, loop, signal_batch, model_dir)
+            return signalling_batches(dataset, loop, signal_batch, record)
         return dataset
 
     task_name = (task_type or "single") + str(task_id)
