@@ -12,16 +12,13 @@ from helpers import (
     FAST,
     ROOT,
     TWO_STACK_BACKBONE,
-    make_tiny_cpc,
     parse,
-    run_steps,
 )
-from test_tasks import patch_data
+from test_tasks import train
 
 import cpc_tf
 from cpc_tf.config import FlagError
 from cpc_tf.models import encoders, remat
-from cpc_tf.training.tasks import CPCTask
 
 MODES = ("blocks", "stages")
 
@@ -77,29 +74,24 @@ def test_gradients_equal_no_remat(mode, compiled):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def train(strategy, mode, microbatches, model_dir):
-    return run_steps(
-        strategy,
-        lambda: CPCTask(
-            make_tiny_cpc(TWO_STACK_BACKBONE, remat=mode),
-            keras.optimizers.Adam(1e-3),
-            "global",
-            microbatches=microbatches,
-        ),
-        patch_data(),
-        model_dir,
-        steps=2,
-        clip_global_norm=0.01,
-        ema_decay=0.9,
-    )
+def two_stacks(mode):
+    return dict(backbone=TWO_STACK_BACKBONE, remat=mode)
 
 
 def test_updates_equal_under_mirrored_strategy(tmp_path, two_replicas):
     # The trainer's compiled loop on two replicas (graph mode), global
     # negatives, the clip and the Polyak average; stages with micro-batches.
-    whole = train(two_replicas, "none", 1, tmp_path / "none")
+    whole = train(
+        two_replicas, "global", 1, tmp_path / "none", **two_stacks("none")
+    )
     for mode, microbatches in (("blocks", 1), ("stages", 2)):
-        got = train(two_replicas, mode, microbatches, tmp_path / mode)
+        got = train(
+            two_replicas,
+            "global",
+            microbatches,
+            tmp_path / mode,
+            **two_stacks(mode),
+        )
         np.testing.assert_allclose(
             got[2]["first_loss"], whole[2]["first_loss"], rtol=1e-6
         )

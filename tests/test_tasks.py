@@ -37,11 +37,13 @@ def test_microbatched_gradient_is_the_whole_batch_gradient(negatives):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def train(strategy, negatives, microbatches, model_dir):
+def train(strategy, negatives, microbatches, model_dir, **cpc_args):
+    """Two steps of the tiny CPC (`make_tiny_cpc(**cpc_args)`), Adam, the
+    clip and the Polyak average: `run_steps`'s results."""
     return run_steps(
         strategy,
         lambda: CPCTask(
-            make_tiny_cpc(),
+            make_tiny_cpc(**cpc_args),
             keras.optimizers.Adam(1e-3),
             negatives,
             microbatches=microbatches,

@@ -47,16 +47,18 @@ flags.DEFINE_string("output", "memory_modes.json", "JSON results.")
 FLAGS = flags.FLAGS
 
 
-def build(name, model_dir, batch):
-    remat, microbatches = name.split(":")
-    args = [
-        f"--flagfile={ROOT}/flags/{FLAGS.config}.cfg",
-        f"--remat={remat}",
-        f"--microbatches={microbatches}",
-    ]
+def parse(*extra):
+    """The `PretrainConfig` of `--config` (and `--batch_size`), `extra`."""
+    args = [f"--flagfile={ROOT}/flags/{FLAGS.config}.cfg", *extra]
     if FLAGS.batch_size:
         args.append(f"--batch_size={FLAGS.batch_size}")
-    config = cpc_flags.parse_pretrain_args(args)
+    return cpc_flags.parse_pretrain_args(args)
+
+
+def build(name, model_dir, batch):
+    """`step()`, timing one step of variant `name` ("REMAT:K")."""
+    remat, microbatches = name.split(":")
+    config = parse(f"--remat={remat}", f"--microbatches={microbatches}")
     keras.utils.set_random_seed(config.run.seed)
     parts = builders.pretraining(config, 10**6, verbose=False)
     task = CPCTask(
@@ -80,22 +82,19 @@ def build(name, model_dir, batch):
         float(loop.train_steps(iterator, 1)[0])
         return time.perf_counter() - start
 
-    return config, step
+    return step
 
 
 def main(argv):
     del argv
-    args = [f"--flagfile={ROOT}/flags/{FLAGS.config}.cfg"]
-    if FLAGS.batch_size:
-        args.append(f"--batch_size={FLAGS.batch_size}")
-    config = cpc_flags.parse_pretrain_args(args)
+    config = parse()
     patches, _ = builders.pretrain_patches(
         config.data, config.run.batch_size, seed=0
     )
     batch = next(iter(patches))
     with tempfile.TemporaryDirectory() as model_dir:
         steps = {
-            name: build(name, os.path.join(model_dir, str(i)), batch)[1]
+            name: build(name, os.path.join(model_dir, str(i)), batch)
             for i, name in enumerate(FLAGS.variants)
         }
         for _ in range(FLAGS.warmup):
